@@ -1,0 +1,171 @@
+"""Reading, validating, resizing and padding images and masks (METHOD.md §1)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+
+from .errors import HDPainterError
+
+WORKING_SIZE = 512  # long side of stage 1's working resolution
+PAD_MULTIPLE = 64  # images are padded right/bottom to a multiple of this
+MASK_THRESHOLD = 127  # input mask pixels above this count as "fill" (non-binary masks are thresholded)
+MAX_PIXELS = 64 * 1024 * 1024  # refuse absurd images before decoding them (64 MP)
+MIN_SIDE = 8
+
+PIL.Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves and say so in one line
+
+
+def _open(path: str | os.PathLike, what: str) -> PIL.Image.Image:
+    if not os.path.exists(path):
+        raise HDPainterError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise HDPainterError(f"{what} is a folder, not an image: {path}")
+    try:
+        image = PIL.Image.open(path)
+        check_size(image.size, what)
+        image.load()
+    except HDPainterError:
+        raise
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as exc:
+        raise HDPainterError(f"cannot read {what} {path}: {exc}") from None
+    return image
+
+
+def check_size(size: tuple[int, int], what: str) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise HDPainterError(f"{what} is {w}x{h}: larger than the {MAX_PIXELS // 2**20} MP this tool accepts")
+    if min(w, h) < MIN_SIDE:
+        raise HDPainterError(f"{what} is {w}x{h}: smaller than {MIN_SIDE} px on a side")
+
+
+def _to_uint8_array(image: PIL.Image.Image) -> np.ndarray:
+    """Any PIL mode as an (H, W) or (H, W, C) uint8 array; 16-bit and float data are rescaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        data = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or data.max() > 255 else 255.0
+        if image.mode == "F" and data.max() <= 1.0:
+            peak = 1.0
+        return np.clip(data / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.asarray(image)
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """RGB version of any input mode: greyscale, palette, 16-bit, CMYK; alpha is dropped (as the reference)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return PIL.Image.fromarray(_to_uint8_array(image)).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def to_mask(mask: PIL.Image.Image, threshold: int = MASK_THRESHOLD) -> PIL.Image.Image:
+    """Binary 'L' mask (255 = fill) from any mode: greyscale/RGB by luminance, a transparent-background
+    RGBA/LA mask by its alpha, 16-bit rescaled; pixels above `threshold` are masked."""
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        rgba = mask.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        if alpha.min() < 255:  # painted strokes on a transparent layer
+            values = alpha
+        else:
+            values = np.asarray(rgba.convert("L"))
+    elif mask.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = _to_uint8_array(mask)
+    else:
+        values = np.asarray(mask.convert("L"))
+    return PIL.Image.fromarray(np.where(values > threshold, 255, 0).astype(np.uint8), "L")
+
+
+def load_image(path: str | os.PathLike) -> PIL.Image.Image:
+    return to_rgb(_open(path, "image"))
+
+
+def load_mask(path: str | os.PathLike, threshold: int = MASK_THRESHOLD) -> PIL.Image.Image:
+    return to_mask(_open(path, "mask"), threshold)
+
+
+def as_pil(image, what: str) -> PIL.Image.Image:
+    """PIL image from PIL, an (H, W[, C]) numpy array (uint8, or float in [0, 1]) or a (C, H, W) tensor in [0, 1]."""
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if hasattr(image, "detach"):  # torch tensor
+        image = image.detach().cpu().float()
+        if image.ndim == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 3:
+            raise HDPainterError(f"{what}: expected a (C, H, W) tensor, got shape {tuple(image.shape)}")
+        image = image.permute(1, 2, 0).numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3):
+            raise HDPainterError(f"{what}: expected an (H, W) or (H, W, C) array, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            image = np.clip(np.asarray(image, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(image)
+    raise HDPainterError(f"{what}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+
+def working_size(size: tuple[int, int], long_side: int = WORKING_SIZE) -> tuple[int, int]:
+    """The reference's resize target: long side `long_side`, short side truncated, (w, h)."""
+    w, h = size
+    return min(long_side, int(long_side * w / h)), min(long_side, int(long_side * h / w))
+
+
+def padded_size(size: tuple[int, int], multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
+    return tuple(-(-s // multiple) * multiple for s in size)
+
+
+def dilate_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary dilation with the cross-shaped 3x3 structure (scipy's default), bool → bool."""
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    return cv2.dilate(mask.astype(np.uint8), kernel, iterations=iterations).astype(bool)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic (PIL) resize of a bool mask stored as 0/255 uint8, to (w, h); returns uint8 values."""
+    image = PIL.Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
+    return np.asarray(image.resize(size, resample=PIL.Image.BICUBIC))
+
+
+@dataclass
+class PreparedInput:
+    """One image and mask at stage 1's working resolution, padded (METHOD §1)."""
+
+    image: np.ndarray  # (Hp, Wp, 3) uint8, zero padded
+    mask: np.ndarray  # (Hp, Wp) bool, True = fill; dilated by 1 px, zero padded
+    size: tuple[int, int]  # (w, h) before padding: the output is cropped back to this
+
+
+def prepare(image: PIL.Image.Image, mask: PIL.Image.Image, long_side: int = WORKING_SIZE) -> PreparedInput:
+    """Resize image and mask (bicubic) to the working size, binarise (non-zero), dilate 1 px, pad to ×64."""
+    if image.size != mask.size:
+        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+    check_size(image.size, "image")
+    binary = np.asarray(mask.convert("L")) > 0
+    if not binary.any():
+        raise HDPainterError("mask is empty: nothing to inpaint (white = fill)")
+    if binary.all():
+        raise HDPainterError("mask covers the whole image: nothing is left to condition on")
+    size = working_size(image.size, long_side)
+    small = np.asarray(image.convert("RGB").resize(size, resample=PIL.Image.BICUBIC))
+    small_mask = dilate_cross(resize_mask(binary, size) != 0)
+    pw, ph = padded_size(size)
+    padded = np.zeros((ph, pw, 3), np.uint8)
+    padded[: size[1], : size[0]] = small
+    padded_mask = np.zeros((ph, pw), bool)
+    padded_mask[: size[1], : size[0]] = small_mask
+    return PreparedInput(padded, padded_mask, size)
+
+
+def grid_mask(mask: np.ndarray, divisor: int, threshold: str) -> np.ndarray:
+    """The mask on a grid H/divisor × W/divisor: bicubic downscale, then `!= 0` ("any") or `> 0.5` ("half")."""
+    h, w = mask.shape
+    values = resize_mask(mask, (w // divisor, h // divisor))
+    return values != 0 if threshold == "any" else values / 255.0 > 0.5

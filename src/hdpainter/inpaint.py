@@ -1,0 +1,272 @@
+"""Stage 1: HDPainterPipeline, prompt-faithful inpainting with PAIntA and RASG (METHOD.md §1-4).
+
+Notation: x_t `latents`, ε̂ `eps`, x̂0 `x0`, ᾱ `alpha_bar`, per-step α = 1 − β `alpha`, ind(τ) `token_mask`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import StableDiffusionInpaintPipeline
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import images as imgs
+from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_attention
+from .core.rasg import ddim_sigma, normalize_gradient, rasg_objective
+from .core.sampling import ddim_step, split_prediction, trailing_timesteps
+from .core.tokens import prompt_token_indices
+from .errors import HDPainterError
+
+METHODS = ("baseline", "painta", "rasg", "painta+rasg")
+RASG_SIGMAS = ("reference", "paper")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Where and when PAIntA and RASG act (reference values, METHOD §3-4)."""
+
+    painta_until_t: int = 500  # PAIntA is active while t > this
+    painta_grids: tuple[int, ...] = (16, 32)  # pixel divisors of the grids whose self-attention becomes PAIntA
+    rasg_grids: tuple[int, ...] = (32,)  # pixel divisors of the grids whose cross-attention RASG reads
+    rasg_logit_offset: float = 1.0  # BCE-with-logits(Ā − offset, M)
+
+
+def _method_flags(method: str) -> tuple[bool, bool]:
+    if method not in METHODS:
+        raise HDPainterError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method in ("painta", "painta+rasg"), method in ("rasg", "painta+rasg")
+
+
+def _as_list(value, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise HDPainterError(f"{name} is an empty list")
+        return list(value)
+    return [value]
+
+
+def _broadcast(values: list, n: int, name: str) -> list:
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise HDPainterError(f"{name} has {len(values)} entries for {n} prompts")
+    return values
+
+
+class HDPainterPipeline(StableDiffusionInpaintPipeline):
+    """HD-Painter stage 1 on any 9-channel Stable Diffusion 1.x/2.x inpainting checkpoint.
+
+    Loads like any diffusers pipeline (`HDPainterPipeline.from_pretrained(hub_id_or_folder)`), and
+    returns the whole decoded image at the working resolution (long side 512), as the reference does:
+    compositing into the original happens later (see `hdpainter.painter`).
+    """
+
+    def token_mask(self, prompts: Sequence[str], full_prompts: Sequence[str]) -> torch.Tensor:
+        """ind(τ) for each prompt as a (len(prompts), max_length) bool matrix."""
+        tok = self.tokenizer
+        kwargs = dict(truncation=True, max_length=tok.model_max_length)
+        bare, full = tok(list(prompts), **kwargs).input_ids, tok(list(full_prompts), **kwargs).input_ids
+        mask = torch.zeros(len(prompts), tok.model_max_length, dtype=torch.bool)
+        for row, (b, f) in enumerate(zip(bare, full)):
+            mask[row, prompt_token_indices(b, f, tok.eos_token_id)] = True
+        return mask
+
+    def _encode_images(self, prepared: list[imgs.PreparedInput], device, dtype) -> torch.Tensor:
+        """E(masked image): posterior mean × scaling factor (the reference's choice; diffusers samples)."""
+        pixels = torch.stack([torch.from_numpy(p.image).permute(2, 0, 1) for p in prepared]).float() / 127.5 - 1.0
+        keep = torch.stack([torch.from_numpy(~p.mask) for p in prepared])[:, None]
+        masked = (pixels * keep).to(device=device, dtype=self.vae.dtype)
+        latents = self.vae.encode(masked).latent_dist.mean
+        return (latents * self.vae.config.scaling_factor).to(dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image,
+        mask_image,
+        method: str = "painta+rasg",
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        rasg_eta: float = 0.1,
+        rasg_sigma: str = "reference",
+        negative_prompt: str | list[str] | None = None,
+        positive_prompt: str | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        working_size: int = imgs.WORKING_SIZE,
+        guidance: GuidanceConfig = GuidanceConfig(),
+    ):
+        """Inpaint `mask_image` (white = fill) of `image` with what `prompt` asks for.
+
+        Args:
+            prompt: one prompt or a list (a batch).
+            image, mask_image: PIL images, (H, W[, C]) arrays or (C, H, W) tensors in [0, 1]; one for all
+                prompts or one per prompt, all of the same size. Non-binary masks are thresholded at 127.
+            method: "baseline", "painta", "rasg" or "painta+rasg" (the full HD-Painter).
+            num_inference_steps: DDIM steps, "trailing" spacing (999, 979, …, 19 for 50).
+            guidance_scale: classifier-free guidance scale; ≤ 1 disables the unconditional pass.
+            rasg_eta: η of RASG's generalised DDIM step (reference 0.1; the paper's evaluation 0.25).
+            rasg_sigma: "reference" (per-step α, as the authors' code) or "paper" (cumulative ᾱ).
+            negative_prompt: the unconditional prompt ("" when None).
+            positive_prompt: appended as f"{prompt}, {positive_prompt}" when given.
+            num_images_per_prompt: samples per prompt.
+            generator: torch.Generator (or one per sample) for the initial noise.
+            latents: initial noise x_T, (batch, 4, H/8, W/8) at the padded working size.
+            output_type: "pil", "np" (float in [0, 1], NHWC), "pt" (float in [0, 1], NCHW) or "latent" (x̂0).
+            callback_on_step_end: called as fn(pipe, step, timestep, {"latents": …}); may return new latents.
+            working_size: long side of the working resolution (reference 512).
+            guidance: where and when PAIntA and RASG act (reference values by default).
+        """
+        # 1. Check inputs
+        use_painta, use_rasg = _method_flags(method)
+        if rasg_sigma not in RASG_SIGMAS:
+            raise HDPainterError(f"rasg_sigma must be one of {', '.join(RASG_SIGMAS)}; got {rasg_sigma!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise HDPainterError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
+        if num_images_per_prompt < 1:
+            raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        if self.unet.config.in_channels != 9:
+            raise HDPainterError(f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model is needed")
+        prompts = [str(p) for p in _as_list(prompt, "prompt")]
+        negatives = _broadcast([n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt")
+        full_prompts = [f"{p}, {positive_prompt}" if positive_prompt else p for p in prompts]
+        batch = len(prompts) * num_images_per_prompt
+        do_cfg = guidance_scale > 1.0
+        device, dtype = self._execution_device, self.unet.dtype
+
+        # 2. Images and masks at the working resolution (METHOD §1)
+        pil_images = _broadcast([imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image")
+        pil_masks = _broadcast([imgs.to_mask(imgs.as_pil(m, "mask_image")) for m in _as_list(mask_image, "mask_image")], len(prompts), "mask_image")
+        if len({i.size for i in pil_images}) != 1:
+            raise HDPainterError("all images of one call must have the same size")
+        prepared_once = {}
+        prepared = []
+        for im, mk in zip(pil_images, pil_masks):
+            key = (id(im), id(mk))
+            if key not in prepared_once:
+                prepared_once[key] = imgs.prepare(im, mk, working_size)
+            prepared.extend([prepared_once[key]] * num_images_per_prompt)
+        height, width = prepared[0].mask.shape
+        latent_size = (height // LATENT_FACTOR, width // LATENT_FACTOR)
+
+        # 3. Text: embeddings of [negative; full prompt], and ind(τ) of each sample
+        token_mask = self.token_mask(prompts, full_prompts).repeat_interleave(num_images_per_prompt, 0).to(device)
+        cond_embeds, uncond_embeds = self.encode_prompt(full_prompts, device, num_images_per_prompt, do_cfg, negatives)
+
+        # 4. UNet conditioning: mask on the latent grid ("!= 0") and E(masked image)
+        mask_latent = torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, LATENT_FACTOR, "any")) for p in prepared])
+        mask_latent = mask_latent[:, None].to(device=device, dtype=dtype)
+        image_latents = self._encode_images(prepared, device, dtype)
+        condition = torch.cat([mask_latent, image_latents], dim=1)  # (B, 5, h, w)
+
+        # 5. Masks at the attention grids ("> 0.5") for PAIntA and RASG
+        divisors = set(guidance.painta_grids) | set(guidance.rasg_grids)
+        grid_masks = {
+            d: torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, d, "half")).flatten() for p in prepared]).to(device)
+            for d in divisors
+        }
+
+        # 6. Initial noise x_T and the timestep schedule
+        shape = (batch, self.vae.config.latent_channels, *latent_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise HDPainterError(f"latents must have shape {shape} for this input, got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=dtype)
+        timesteps = trailing_timesteps(self.scheduler.config.num_train_timesteps, num_inference_steps)
+        alpha_bar = self.scheduler.alphas_cumprod.double()
+        alpha = 1.0 - self.scheduler.betas.double()
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+
+        def run_unet(x, t, embeds, role, painta_on, rasg_on, relevance=None):
+            state = AttentionGuidance(
+                latent_size=latent_size,
+                role=role,
+                token_mask=token_mask,
+                masks=grid_masks,
+                painta_divisors=tuple(guidance.painta_grids) if painta_on else (),
+                rasg_divisors=tuple(guidance.rasg_grids) if rasg_on else (),
+                relevance=relevance if relevance is not None else {},
+            )
+            cond = torch.cat([condition] * (x.shape[0] // batch))
+            t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+            out = self.unet(torch.cat([x, cond], dim=1), t_batch, encoder_hidden_states=embeds,
+                            cross_attention_kwargs={STATE_KEY: state}, return_dict=False)[0]
+            return out, state
+
+        # 7. Sampling: DDIM, with RASG's guided step and PAIntA while t > painta_until_t
+        x0 = latents
+        with guided_attention(self.unet), self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                last = i == len(timesteps) - 1
+                painta_on = use_painta and t > guidance.painta_until_t
+                rasg_on = use_rasg and not last  # the last step returns x̂0, which RASG's term does not reach
+                direction = None
+                if rasg_on:
+                    # Conditional half with gradients w.r.t. x_t only; the unconditional half stays out of the graph.
+                    x = latents.detach().requires_grad_(True)
+                    with torch.enable_grad():
+                        out_cond, state = run_unet(x, t, cond_embeds, "cond", painta_on, True)
+                        loss = rasg_objective(state.rasg_logits(), token_mask, grid_masks[guidance.rasg_grids[0]], guidance.rasg_logit_offset)
+                        (grad,) = torch.autograd.grad(loss.sum(), x)
+                    out_cond = out_cond.detach()
+                    direction = normalize_gradient(-grad)  # towards lower L: the reference's +∇score
+                    if do_cfg:
+                        out_uncond, _ = run_unet(latents, t, uncond_embeds, "uncond", painta_on, False, state.relevance)
+                elif do_cfg:
+                    out, _ = run_unet(torch.cat([latents, latents]), t, torch.cat([uncond_embeds, cond_embeds]), "cfg", painta_on, False)
+                    out_uncond, out_cond = out.chunk(2)
+                else:
+                    out_cond, _ = run_unet(latents, t, cond_embeds, "cond", painta_on, False)
+                model_output = out_uncond + guidance_scale * (out_cond - out_uncond) if do_cfg else out_cond
+
+                x0, eps = split_prediction(model_output.float(), latents.float(), float(alpha_bar[t]), prediction_type)
+                if last:
+                    latents = x0.to(dtype)
+                else:
+                    t_prev = timesteps[i + 1]
+                    noise_scale = 0.0
+                    if rasg_on:
+                        a_t, a_prev = (alpha[t], alpha[t_prev]) if rasg_sigma == "reference" else (alpha_bar[t], alpha_bar[t_prev])
+                        noise_scale = rasg_eta * ddim_sigma(float(a_t), float(a_prev))
+                    latents = ddim_step(x0, eps, float(alpha_bar[t_prev]), noise_scale, direction).to(dtype)
+
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "x0": x0}
+                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                    latents = outputs.get("latents", latents)
+                progress.update()
+
+        # 8. Decode x̂0 of the last step (no paste-back: the whole decoded image, cropped from the padding)
+        if output_type == "latent":
+            result = latents
+        else:
+            decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+            w, h = prepared[0].size
+            decoded = decoded[:, :, :h, :w].float().cpu()
+            if output_type == "pil":
+                result = [PIL.Image.fromarray(a) for a in to_uint8(decoded)]
+            else:
+                unit = ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
+                result = unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (result, None)
+        return StableDiffusionPipelineOutput(images=result, nsfw_content_detected=None)
+
+
+def to_uint8(decoded: torch.Tensor) -> np.ndarray:
+    """Decoded images in [-1, 1], (B, 3, H, W) → (B, H, W, 3) uint8 by truncation, as the reference."""
+    return (255.0 * (decoded.clamp(-1.0, 1.0) + 1.0) / 2.0).to(torch.uint8).permute(0, 2, 3, 1).numpy()

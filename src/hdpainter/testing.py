@@ -1,0 +1,161 @@
+"""Tiny random-weight models for tests and smoke runs, built offline: `python -m hdpainter.testing DIR`.
+
+They keep Stable Diffusion's geometry (VAE ×8; cross-attention transformer blocks at H/16 and H/32 and
+in the H/64 middle block; 9-channel inpainting UNet; CLIP text encoder with a real BPE tokenizer)
+with a few hundred thousand weights, so a 512 px run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+
+# Words the tiny tokenizer learns as whole tokens; anything else splits into sub-word pieces, as in CLIP.
+_CORPUS = """
+a an the of and with on in at to by for from photo picture image painting drawing high quality resolution full hd 4k
+professional detailed realistic text bad anatomy proportions blurry cropped deformed disfigured duplicate error extra
+limbs gross jpeg artifacts long neck low lowres malformed morbid mutated mutilated out frame ugly worst
+red green blue yellow white black orange purple pink brown grey gray
+circle square triangle boat cat dog bird horse sheep cow elephant bear zebra giraffe person car bicycle motorcycle
+airplane bus train truck bench umbrella bottle cup bowl banana apple orange pizza cake chair couch bed table
+tv laptop phone book clock vase flower tree house sky sea water grass kangaroo hat ball
+""".split()
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte → printable character map (the GPT-2 scheme)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges learned greedily (most frequent pair, ties broken by order) until every word is one token."""
+    byte_map = bytes_to_unicode()
+    seqs = [[byte_map[b] for b in w.encode()] for w in words]
+    seqs = [s[:-1] + [s[-1] + "</w>"] for s in seqs]
+    merges = []
+    while True:
+        pairs = Counter(p for s in seqs for p in zip(s, s[1:]))
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for s in seqs:
+            i = 0
+            while i < len(s) - 1:
+                if (s[i], s[i + 1]) == best:
+                    s[i : i + 2] = [s[i] + s[i + 1]]
+                i += 1
+
+
+def make_tokenizer(family: str = "sd2"):
+    """A CLIPTokenizer with CLIP's byte-level BPE scheme and a small learned vocabulary.
+
+    family "sd1" pads with EOT (as SD 1.x); "sd2" pads with "!" (as SD 2's OpenCLIP-derived tokenizer).
+    """
+    from transformers import CLIPTokenizer
+
+    base = list(bytes_to_unicode().values())
+    merges = learn_merges(sorted(set(_CORPUS)))
+    vocab_list = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + [SOT, EOT]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    pad = EOT if family == "sd1" else "!"
+    with tempfile.TemporaryDirectory() as folder:  # the files CLIP ships, loaded the ordinary way
+        Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, pad_token=pad, model_max_length=77)
+
+
+def make_inpaint_components(family: str = "sd2", seed: int = 0) -> dict:
+    """Components of a tiny 9-channel SD inpainting pipeline, random weights from `seed`."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = make_tokenizer(family)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4, 4, 4) if family == "sd2" else 4,
+        use_linear_projection=family == "sd2",
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act="gelu" if family == "sd2" else "quick_gelu",
+            projection_dim=32,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                safety_checker=None, feature_extractor=None, image_encoder=None)
+
+
+def save_inpaint_model(directory: str | Path, family: str = "sd2", seed: int = 0) -> Path:
+    """Write a tiny inpainting model as a diffusers folder loadable by `from_pretrained`."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    directory = Path(directory)
+    pipe = StableDiffusionInpaintPipeline(**make_inpaint_components(family, seed), requires_safety_checker=False)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hdpainter.testing", description=__doc__.splitlines()[0])
+    parser.add_argument("directory", help="where to write the model folders (DIR/inpaint)")
+    parser.add_argument("--family", choices=("sd1", "sd2"), default="sd2", help="tokenizer/UNet flavour")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = save_inpaint_model(Path(args.directory) / "inpaint", args.family, args.seed)
+    print(f"tiny inpainting model written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

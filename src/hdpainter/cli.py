@@ -1,0 +1,163 @@
+"""`hdpainter` command line: a thin front-end over `hdpainter.painter`. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import HDPainterError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .painter import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
+
+    parser = argparse.ArgumentParser(prog="hdpainter", description="Prompt-faithful text-guided inpainting (HD-Painter).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("inpaint", help="fill the masked region of an image with what the prompt asks for")
+    p.add_argument("--image", required=True, help="input image (any format Pillow reads)")
+    p.add_argument("--mask", required=True, help="mask of the same size, white (>127) = fill")
+    p.add_argument("--prompt", required=True, help="what to paint in the masked region")
+    p.add_argument("--output", required=True, help="output file (.png keeps the parameters in its metadata); "
+                   "with --num-samples K > 1, files OUT-1.png … OUT-K.png")
+    p.add_argument("--model", default="sd2", help="sd2 (default), sd15, ds8, a hub id or a local diffusers folder / .safetensors file")
+    p.add_argument("--method", default="painta+rasg", choices=("baseline", "painta", "rasg", "painta+rasg"))
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--seed", type=int, default=1, help="seed; sample k uses seed + 1000·k (default 1)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--rasg-eta", type=float, default=0.1, help="RASG η (reference 0.1; the paper's evaluation used 0.25)")
+    p.add_argument("--rasg-sigma", default="reference", choices=("reference", "paper"), help="σ of RASG's step (see README)")
+    p.add_argument("--negative-prompt", default=REFERENCE_NEGATIVE_PROMPT, help="default: the reference's negative prompt; '' for none")
+    p.add_argument("--positive-prompt", default=REFERENCE_POSITIVE_PROMPT, help="appended to the prompt; default: the reference's; '' for none")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
+    p.add_argument("--no-upscale", action="store_true", help="skip stage 2 (super-resolution); currently the only mode")
+    p.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
+    return parser
+
+
+def _device_and_dtype(device: str | None, dtype: str):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HDPainterError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HDPainterError("--device cuda asked for, but this torch build sees no CUDA GPU")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HDPainterError("--device mps asked for, but MPS is not available here")
+    if dtype == "auto":
+        dtype = "float16" if dev.type == "cuda" else "float32"
+    if dev.type == "cpu" and dtype != "float32":
+        raise HDPainterError(f"--dtype {dtype} is not supported on the CPU; use float32")
+    return dev, getattr(torch, dtype)
+
+
+def output_paths(output: str, count: int) -> list[Path]:
+    out = Path(output)
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(1, count + 1)]
+
+
+def save_image(image, path: Path, metadata: dict) -> None:
+    """Write atomically (temporary name in the same folder, then rename) with the parameters embedded."""
+    import PIL.PngImagePlugin
+
+    suffix = path.suffix.lower()
+    params = json.dumps(metadata, ensure_ascii=False)
+    kwargs = {}
+    if suffix == ".png":
+        info = PIL.PngImagePlugin.PngInfo()
+        info.add_text("parameters", params)
+        kwargs["pnginfo"] = info
+    elif suffix in (".jpg", ".jpeg"):
+        kwargs.update(quality=95, comment=params.encode())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=image_format(path), **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def image_format(path: Path) -> str:
+    import PIL.Image
+
+    PIL.Image.init()
+    fmt = PIL.Image.EXTENSION.get(path.suffix.lower())
+    if fmt is None:
+        raise HDPainterError(f"cannot tell the image format of {path} from its extension; use .png or .jpg")
+    return fmt
+
+
+def inpaint(args: argparse.Namespace) -> int:
+    from . import images
+    from .painter import HDPainter, InpaintRequest
+
+    outputs = output_paths(args.output, args.num_samples)
+    for path in outputs:
+        image_format(path)
+        if not path.parent.is_dir():
+            raise HDPainterError(f"output folder does not exist: {path.parent}")
+    if args.num_samples < 1 or args.steps < 1:
+        raise HDPainterError("--num-samples and --steps must be at least 1")
+    image = images.load_image(args.image)
+    mask = images.load_mask(args.mask)
+    images.prepare(image, mask)  # all input checks before the (slow) model load
+    device, dtype = _device_and_dtype(args.device, args.dtype)
+    painter = HDPainter.from_pretrained(args.model, device=device, dtype=dtype, local_files_only=args.local_files_only)
+    request = InpaintRequest(
+        prompt=args.prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, negative_prompt=args.negative_prompt,
+        positive_prompt=args.positive_prompt, seed=args.seed, num_samples=args.num_samples, upscale=False,
+        extra={"model": args.model, "image": os.path.basename(args.image)},
+    )
+    if not args.no_upscale and max(image.size) > images.WORKING_SIZE:
+        print("note: stage 2 (super-resolution) is not available yet; the stage-1 result is resized to the input's size",
+              file=sys.stderr)
+    results = painter(image, mask, request)
+    for k, (result, path) in enumerate(zip(results, outputs)):
+        save_image(result, path, request.metadata() | {"seed": request.seed + 1000 * k, "sample": k + 1})
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return {"inpaint": inpaint}[args.command](args)
+    except HDPainterError as exc:
+        print(f"hdpainter: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hdpainter: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("hdpainter: error: out of memory; try a smaller image, --dtype float16 on a GPU, or fewer samples", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    """The CLI owns its process: keep library chatter (deprecations, backend notices) off the terminal."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Short model names → checkpoints, and loading with clear errors for unknown or unreachable models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import HDPainterError
+
+INPAINT_MODELS = {
+    "sd2": "stabilityai/stable-diffusion-2-inpainting",  # the paper's backbone
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "ds8": "Lykon/dreamshaper-8-inpainting",  # the reference code's default
+}
+DEFAULT_INPAINT_MODEL = "sd2"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
+    """A short name, hub id ("org/name"), local folder or single checkpoint file → what to load."""
+    if name in known:
+        return known[name]
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "model_index.json").exists():
+            raise HDPainterError(f"{name} is a folder without model_index.json: not a diffusers model folder")
+        if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise HDPainterError(f"{name} is a file but not a .safetensors/.ckpt checkpoint")
+        return str(path)
+    if name.endswith(SINGLE_FILE_SUFFIXES) or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise HDPainterError(f"model path not found: {name}")
+    if name.count("/") != 1:
+        raise HDPainterError(f"unknown model {name!r}: use one of {', '.join(known)}, a hub id (org/name) or a local folder")
+    return name
+
+
+def load_inpaint_pipeline(name: str = DEFAULT_INPAINT_MODEL, device=None, dtype=None, local_files_only: bool = False):
+    """Load an HDPainterPipeline from a short name, hub id, local folder or single checkpoint file."""
+    import torch
+
+    from .inpaint import HDPainterPipeline
+
+    source = resolve(name)
+    kwargs = dict(safety_checker=None, requires_safety_checker=False, local_files_only=local_files_only)
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        if source.endswith(SINGLE_FILE_SUFFIXES):
+            pipe = HDPainterPipeline.from_single_file(source, **kwargs)
+        else:
+            pipe = HDPainterPipeline.from_pretrained(source, **kwargs)
+    except HDPainterError:
+        raise
+    except Exception as exc:  # hub, network and format errors all end here with one clear line
+        raise HDPainterError(_load_error(name, source, exc)) from exc
+    if pipe.unet.config.in_channels != 9:
+        raise HDPainterError(f"{name} is not an inpainting model: its UNet takes {pipe.unet.config.in_channels} channels, not 9")
+    pipe.unet.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    if device is not None:
+        pipe.to(torch.device(device))
+    return pipe
+
+
+def _load_error(name: str, source: str, exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if os.path.exists(source):
+        return f"cannot load model from {source}: {text[:300]}"
+    unreachable = any(word in text for word in ("LocalEntryNotFound", "offline", "connect", "Connection", "resolve", "timed out", "cannot find the requested files"))
+    if offline or unreachable:
+        return (f"model {name!r} ({source}) is not in the local cache and cannot be downloaded (offline?): "
+                "download it on a connected machine or pass a local folder with --model DIR")
+    if "RepositoryNotFound" in text or "404" in text or "not a valid model identifier" in text:
+        return f"model {name!r} not found on the hub: check the id, or pass a local folder with --model DIR"
+    return f"cannot load model {name!r}: {text[:300]}"

@@ -1,0 +1,31 @@
+import numpy as np
+import PIL.Image
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny SD2-style inpainting model written as a diffusers folder (the real from_pretrained path)."""
+    from hdpainter.testing import save_inpaint_model
+
+    return save_inpaint_model(tmp_path_factory.mktemp("models") / "inpaint", family="sd2")
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_model_dir):
+    from hdpainter.inpaint import HDPainterPipeline
+
+    pipeline = HDPainterPipeline.from_pretrained(tiny_model_dir)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A real photo (skimage's astronaut), 256x256, and a rectangular mask over part of it."""
+    from skimage import data
+
+    image = PIL.Image.fromarray(data.astronaut()).resize((256, 256), PIL.Image.BICUBIC)
+    mask = np.zeros((256, 256), np.uint8)
+    mask[70:170, 100:190] = 255
+    return image, PIL.Image.fromarray(mask)

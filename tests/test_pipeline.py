@@ -1,0 +1,285 @@
+"""HDPainterPipeline on a tiny random-weight model, checked against diffusers and explicit computations."""
+
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from hdpainter import images as imgs
+from hdpainter.attention import STATE_KEY, AttentionGuidance, guided_attention
+from hdpainter.core.painta import token_relevance
+from hdpainter.core.rasg import rasg_objective
+from hdpainter.errors import HDPainterError
+from hdpainter.inpaint import GuidanceConfig
+
+from .test_core import eq5_explicit
+
+SIZE = 256  # working size used in these tests (latent 32x32, PAIntA grids 16x16 and 8x8)
+
+
+def run(pipe, photo, seed=0, **kwargs):
+    image, mask = photo
+    kwargs.setdefault("num_inference_steps", 6)
+    kwargs.setdefault("output_type", "latent")
+    generator = torch.Generator().manual_seed(seed)
+    return pipe("a red boat", image, mask, generator=generator, working_size=SIZE, **kwargs).images
+
+
+def conditioning(pipe, photo, prompt="a red boat", negative=""):
+    prepared = imgs.prepare(*photo, SIZE)
+    mask_latent = torch.from_numpy(imgs.grid_mask(prepared.mask, 8, "any")).float()[None, None]
+    image_latents = pipe._encode_images([prepared], "cpu", torch.float32)
+    cond, uncond = pipe.encode_prompt([prompt], "cpu", 1, True, [negative])
+    return prepared, mask_latent, image_latents, cond, uncond
+
+
+def test_baseline_equals_diffusers_inpaint_pipeline_with_ddim_trailing(pipe, photo):
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+
+    prepared, mask_latent, image_latents, _, _ = conditioning(pipe, photo)
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
+    ours = pipe("a red boat", photo[0], photo[1], method="baseline", num_inference_steps=8, latents=noise,
+                negative_prompt="", working_size=SIZE, output_type="latent").images
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True)
+    reference = StableDiffusionInpaintPipeline(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    # diffusers resizes the mask to the latent grid by nearest neighbour: hand it ours, blown up ×8
+    mask_full = PIL.Image.fromarray((mask_latent[0, 0].numpy() * 255).astype(np.uint8)).resize((SIZE, SIZE), PIL.Image.NEAREST)
+    theirs = reference("a red boat", image=PIL.Image.fromarray(prepared.image), mask_image=mask_full,
+                       masked_image_latents=image_latents, height=SIZE, width=SIZE, num_inference_steps=8,
+                       guidance_scale=7.5, negative_prompt="", eta=0.0, latents=noise.clone(), output_type="latent").images
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def capture_block(block):
+    seen = {}
+
+    def hook(module, args, kwargs, output):
+        seen["x"] = args[0] if args else kwargs["hidden_states"]
+        seen["text"] = kwargs["encoder_hidden_states"]
+        seen["out"] = output
+
+    return seen, block.register_forward_hook(hook, with_kwargs=True)
+
+
+def heads(x, n):
+    b, t, c = x.shape
+    return x.view(b, t, n, c // n).transpose(1, 2)
+
+
+def test_painta_block_output_matches_explicit_eq5(pipe, photo):
+    prepared, mask_latent, image_latents, cond, uncond = conditioning(pipe, photo)
+    token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
+    masks = {d: torch.from_numpy(imgs.grid_mask(prepared.mask, d, "half")).flatten()[None] for d in (16, 32)}
+    block = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0]  # grid H/16
+    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, painta_divisors=(16, 32))
+    x_t = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
+    unet_in = torch.cat([x_t, mask_latent, image_latents], 1).repeat(2, 1, 1, 1)
+    seen, handle = capture_block(block)
+    with torch.no_grad(), guided_attention(pipe.unet):
+        pipe.unet(unet_in, torch.tensor([999, 999]), encoder_hidden_states=torch.cat([uncond, cond]),
+                  cross_attention_kwargs={STATE_KEY: state})
+    handle.remove()
+
+    with torch.no_grad():  # the block, written out by hand from METHOD §3
+        x, text = seen["x"], seen["text"]
+        a1, a2 = block.attn1, block.attn2
+        nx = block.norm1(x)
+        q, k, v = (heads(p(nx), a1.heads) for p in (a1.to_q, a1.to_k, a1.to_v))
+        d = q.shape[-1]
+        sa = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1) @ v
+        y = a1.to_out[0](sa.transpose(1, 2).reshape(x.shape))
+        qc = heads(a2.to_q(block.norm2(x[1:] + y[1:])), a2.heads)
+        kc = heads(a2.to_k(text[1:]), a2.heads)
+        probs = (qc @ kc.transpose(-1, -2) * a2.scale).softmax(-1).mean(1)
+        c = token_relevance(probs, token_mask, (16, 16))
+        assert c.max() > 0 and (c == 0).any()  # the rescaling really engages
+        m = masks[16]
+        out = eq5_explicit(q, k, v, torch.cat([c, c]), torch.cat([m, m]))
+        h = x + a1.to_out[0](out.transpose(1, 2).reshape(x.shape))
+        h = h + a2(block.norm2(h), encoder_hidden_states=text)
+        h = h + block.ff(block.norm3(h))
+    torch.testing.assert_close(seen["out"], h, rtol=1e-4, atol=1e-5)
+    assert (seen["out"] - (x + y + 0)).abs().max() > 0  # sanity: PAIntA's output is not plain attention
+
+
+def test_rasg_logits_are_mean_over_h32_cross_attention_layers_and_heads(pipe, photo):
+    prepared, mask_latent, image_latents, cond, _ = conditioning(pipe, photo)
+    token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
+    masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
+    blocks = [b for b in pipe.unet.modules() if hasattr(b, "attn2") and hasattr(b, "norm2")]
+    captures = [capture_block(b) for b in blocks]
+    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cond", token_mask, masks, rasg_divisors=(32,))
+    x_t = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), guided_attention(pipe.unet):
+        pipe.unet(torch.cat([x_t, mask_latent, image_latents], 1), torch.tensor([500]), encoder_hidden_states=cond,
+                  cross_attention_kwargs={STATE_KEY: state})
+    for _, handle in captures:
+        handle.remove()
+    expected, layers = 0, 0
+    with torch.no_grad():
+        for block, (seen, _) in zip(blocks, captures):
+            if seen["x"].shape[1] != (SIZE // 32) ** 2:
+                continue
+            h = seen["x"] + block.attn1(block.norm1(seen["x"]))
+            q = heads(block.attn2.to_q(block.norm2(h)), block.attn2.heads)
+            k = heads(block.attn2.to_k(seen["text"]), block.attn2.heads)
+            expected = expected + (q @ k.transpose(-1, -2) * block.attn2.scale).sum(1)
+            layers += block.attn2.heads
+    assert layers > 0 and state.rasg_heads == layers
+    torch.testing.assert_close(state.rasg_logits(), expected / layers, rtol=1e-4, atol=1e-5)
+
+
+def test_rasg_sampler_matches_a_reference_style_loop(pipe, photo):
+    """The reference's loop (one batched UNet call with gradients through both CFG halves) written plainly;
+    ours keeps the unconditional half out of the graph and must give the same result."""
+    steps, eta, scale = 4, 1.0, 7.5
+    prepared, mask_latent, image_latents, cond, uncond = conditioning(pipe, photo)
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(11))
+    ours = pipe("a red boat", photo[0], photo[1], method="rasg", num_inference_steps=steps, latents=noise,
+                rasg_eta=eta, rasg_sigma="paper", negative_prompt="", working_size=SIZE, output_type="latent").images
+
+    token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
+    masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
+    ab = pipe.scheduler.alphas_cumprod.double()
+    ts = list(range(999, 0, -1000 // steps))
+    z = noise.clone()
+    with guided_attention(pipe.unet):
+        for i, t in enumerate(ts):
+            z = z.detach().requires_grad_(True)
+            state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, rasg_divisors=(32,))
+            z_in = torch.cat([torch.cat([z, z]), torch.cat([mask_latent, image_latents], 1).repeat(2, 1, 1, 1)], 1)
+            out = pipe.unet(z_in, torch.tensor([t, t]), encoder_hidden_states=torch.cat([uncond, cond]),
+                            cross_attention_kwargs={STATE_KEY: state}).sample
+            e_u, e_c = out.detach().chunk(2)
+            eps = e_u + scale * (e_c - e_u)
+            z0 = (z.detach() - (1 - ab[t]).sqrt().float() * eps) / ab[t].sqrt().float()
+            score = -rasg_objective(state.rasg_logits(), token_mask, masks[32])
+            (grad,) = torch.autograd.grad(score.sum(), z)
+            grad = grad / grad.std()
+            if i == len(ts) - 1:
+                z = z0
+                break
+            p = t - 1000 // steps
+            sigma = math.sqrt((1 - ab[p]) / (1 - ab[t]) * (1 - ab[t] / ab[p]))
+            z = ab[p].sqrt().float() * z0 + math.sqrt(1 - ab[p] - (eta * sigma) ** 2) * eps + eta * sigma * grad
+    torch.testing.assert_close(ours, z.detach(), rtol=1e-4, atol=1e-4)
+    baseline = pipe("a red boat", photo[0], photo[1], method="baseline", num_inference_steps=steps, latents=noise,
+                    negative_prompt="", working_size=SIZE, output_type="latent").images
+    assert (ours - baseline).abs().max() > 1e-3
+
+
+def test_painta_acts_only_while_t_above_500(pipe, photo):
+    base = run(pipe, photo, method="baseline")
+    painta = run(pipe, photo, method="painta")
+    never = run(pipe, photo, method="painta", guidance=GuidanceConfig(painta_until_t=999))
+    assert (painta - base).abs().max() > 1e-4
+    torch.testing.assert_close(never, base, rtol=0, atol=0)
+    # Only the first half of the steps differs: from a shared state after t ≤ 500 …
+    seen = {}
+
+    def spy(name):
+        def callback(pipeline, i, t, tensors):
+            seen.setdefault(name, []).append((t, tensors["latents"].clone()))
+            return tensors
+
+        return callback
+
+    run(pipe, photo, method="baseline", callback_on_step_end=spy("base"), num_inference_steps=4)
+    run(pipe, photo, method="painta", callback_on_step_end=spy("painta"), num_inference_steps=4)
+    ts = [t for t, _ in seen["base"]]
+    assert ts == [999, 749, 499, 249]
+    # step 0 (t=999) and step 1 (t=749) use PAIntA, so latents diverge from there on
+    assert (seen["base"][0][1] - seen["painta"][0][1]).abs().max() > 1e-5
+
+
+def test_rasg_with_zero_eta_is_plain_ddim(pipe, photo):
+    base = run(pipe, photo, method="baseline")
+    torch.testing.assert_close(run(pipe, photo, method="rasg", rasg_eta=0.0), base, rtol=1e-3, atol=5e-4)
+    assert (run(pipe, photo, method="rasg", rasg_eta=1.0, rasg_sigma="paper") - base).abs().max() > 1e-2
+
+
+def test_all_methods_deterministic_for_a_seed(pipe, photo):
+    for method in ("baseline", "painta", "rasg", "painta+rasg"):
+        a = run(pipe, photo, seed=5, method=method, num_inference_steps=3)
+        b = run(pipe, photo, seed=5, method=method, num_inference_steps=3)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert torch.isfinite(a).all()
+
+
+def test_batch_equals_single_runs(pipe, photo):
+    image, mask = photo
+    prompts = ["a red boat", "a yellow cat on a chair"]
+    seeds = [[1, 2], [3, 4]]
+    gens = [torch.Generator().manual_seed(s) for row in seeds for s in row]
+    kwargs = dict(method="painta+rasg", num_inference_steps=4, working_size=SIZE, output_type="latent", rasg_eta=1.0)
+    batched = pipe(prompts, image, mask, num_images_per_prompt=2, generator=gens, **kwargs).images
+    assert batched.shape[0] == 4
+    for row, prompt in enumerate(prompts):
+        for col in range(2):
+            single = pipe(prompt, image, mask, generator=torch.Generator().manual_seed(seeds[row][col]), **kwargs).images
+            torch.testing.assert_close(batched[2 * row + col], single[0], rtol=1e-3, atol=5e-4)
+    assert (batched[0] - batched[1]).abs().max() > 1e-2  # different seeds
+    assert (batched[0] - batched[2]).abs().max() > 1e-2  # different prompts
+
+
+def test_output_types_agree(pipe):
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    mask = np.zeros((200, 300), np.uint8)
+    mask[50:120, 90:200] = 255
+    outs = {}
+    for kind in ("pil", "np", "pt", "latent"):
+        outs[kind] = pipe("a cat", image, PIL.Image.fromarray(mask), method="painta+rasg", num_inference_steps=2,
+                          generator=torch.Generator().manual_seed(0), output_type=kind, working_size=SIZE).images
+    w, h = imgs.working_size((300, 200), SIZE)  # 256 x 170, padded to 256 x 192
+    assert outs["pil"][0].size == (w, h)
+    assert outs["np"].shape == (1, h, w, 3) and outs["np"].dtype == np.float32
+    assert outs["pt"].shape == (1, 3, h, w)
+    assert outs["latent"].shape == (1, 4, 192 // 8, 256 // 8)
+    np.testing.assert_allclose(outs["pt"].permute(0, 2, 3, 1).numpy(), outs["np"], atol=1e-6)
+    pil = np.asarray(outs["pil"][0]).astype(np.float32)
+    assert np.abs(pil - np.floor(outs["np"][0] * 255)).max() <= 1  # uint8 by truncation, as the reference
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_token_mask_for_both_tokenizer_families(family):
+    from types import SimpleNamespace
+
+    from hdpainter.inpaint import HDPainterPipeline
+    from hdpainter.testing import make_tokenizer
+
+    fake = SimpleNamespace(tokenizer=make_tokenizer(family))
+    mask = HDPainterPipeline.token_mask(fake, ["a red boat", "", "cat " * 100], ["a red boat, full hd", ", full hd", "cat " * 100 + ", full hd"])
+    # "a red boat" = 3 word tokens at 1..3; full prompt: SOT a red boat , full hd EOT → EOT at 7
+    assert mask[0].nonzero().flatten().tolist() == [1, 2, 3, 7]
+    # empty prompt: only the full prompt's EOT (SOT , full hd EOT → 4)
+    assert mask[1].nonzero().flatten().tolist() == [4]
+    # 100 words, truncated to 77 tokens: words at 1..75 and EOT at 76
+    assert mask[2].nonzero().flatten().tolist() == list(range(1, 77))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="magic"), "method must be one of"),
+        (dict(rasg_sigma="guess"), "rasg_sigma"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(pipe, photo, kwargs, message):
+    with pytest.raises(HDPainterError, match=message):
+        pipe("a boat", *photo, **kwargs)
+
+
+def test_bad_masks_raise_clear_errors(pipe, photo):
+    image, _ = photo
+    with pytest.raises(HDPainterError, match="empty"):
+        pipe("a boat", image, PIL.Image.new("L", image.size, 0))
+    with pytest.raises(HDPainterError, match="whole image"):
+        pipe("a boat", image, PIL.Image.new("L", image.size, 255))
+    with pytest.raises(HDPainterError, match="must match"):
+        pipe("a boat", image, PIL.Image.new("L", (100, 100), 255))

@@ -1,0 +1,149 @@
+"""The command line: real runs on the tiny model, and one clear line (no traceback, no file) for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from hdpainter import cli
+
+STEPS = ["--steps", "2", "--device", "cpu"]
+
+
+@pytest.fixture()
+def files(tmp_path, photo):
+    image, mask = photo
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    return tmp_path
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_subprocess_run_keeps_size_metadata_and_known_pixels(tmp_path, tiny_model_dir):
+    """A real process, as a user runs it: odd-sized RGBA input, two samples."""
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 255, (207, 301, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    PIL.Image.fromarray(rgba, "RGBA").save(tmp_path / "in.png")
+    mask = np.zeros((207, 301), np.uint8)
+    mask[60:140, 100:220] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hdpainter.cli", "inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+         "--prompt", "a red boat", "--output", str(out), "--model", str(tiny_model_dir), "--num-samples", "2", *STEPS],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    paths = [tmp_path / "out-1.png", tmp_path / "out-2.png"]
+    assert proc.stdout.split() == [str(p) for p in paths]
+    results = [PIL.Image.open(p) for p in paths]
+    params = [json.loads(r.info["parameters"]) for r in results]
+    assert [p["seed"] for p in params] == [1, 1001]
+    assert params[0]["prompt"] == "a red boat" and params[0]["method"] == "painta+rasg" and params[0]["num_inference_steps"] == 2
+    original = rgba[..., :3]
+    far = ~np.asarray(PIL.Image.fromarray(mask).resize((301, 207))).astype(bool)
+    far[50:150, 90:230] = False  # away from the mask (grown by the compositing margin)
+    for r in results:
+        pixels = np.asarray(r.convert("RGB"))
+        assert r.size == (301, 207)
+        assert (pixels[far] == original[far]).all()
+        assert (pixels[60:140, 100:220] != original[60:140, 100:220]).any()
+    assert not (np.asarray(results[0]) == np.asarray(results[1])).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16"])
+def test_greyscale_and_16_bit_inputs(capsys, tmp_path, tiny_model_dir, photo, mode):
+    grey = np.asarray(photo[0].convert("L"))
+    image = PIL.Image.fromarray(grey.astype(np.uint16) * 257) if mode == "I;16" else PIL.Image.fromarray(grey)
+    image.save(tmp_path / "grey.png")
+    photo[1].save(tmp_path / "mask.png")
+    code, out, err = run_cli(capsys, "inpaint", "--image", str(tmp_path / "grey.png"), "--mask", str(tmp_path / "mask.png"),
+                             "--prompt", "a cat", "--output", str(tmp_path / "o.png"), "--model", str(tiny_model_dir), *STEPS)
+    assert code == 0, err
+    result = np.asarray(PIL.Image.open(tmp_path / "o.png"))
+    assert result.shape == (256, 256, 3)
+    assert (result[:40, :40, 0] == grey[:40, :40]).all()  # a known corner keeps the (rescaled) input
+
+
+def corrupt(path):
+    path.write_bytes(b"not an image at all")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing image", "image not found"),
+        ("corrupt image", "cannot read image"),
+        ("mask size", "must match"),
+        ("empty mask", "mask is empty"),
+        ("full mask", "whole image"),
+        ("unknown model", "unknown model 'nonsense'"),
+        ("missing folder", "model path not found"),
+        ("bad extension", "image format"),
+        ("no output folder", "output folder does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, case, message):
+    image, mask, model, out = files / "image.png", files / "mask.png", str(tiny_model_dir), files / "out.png"
+    if case == "missing image":
+        image = files / "missing.png"
+    elif case == "corrupt image":
+        image = corrupt(files / "corrupt.png")
+    elif case == "mask size":
+        PIL.Image.new("L", (100, 80), 255).save(mask)
+    elif case == "empty mask":
+        PIL.Image.new("L", (256, 256), 0).save(mask)
+    elif case == "full mask":
+        PIL.Image.new("L", (256, 256), 255).save(mask)
+    elif case == "unknown model":
+        model = "nonsense"
+    elif case == "missing folder":
+        model = str(files / "no-such-model")
+    elif case == "bad extension":
+        out = files / "out.xyz"
+    elif case == "no output folder":
+        out = files / "missing" / "out.png"
+    code, stdout, err = run_cli(capsys, "inpaint", "--image", str(image), "--mask", str(mask), "--prompt", "a boat",
+                                "--output", str(out), "--model", model, *STEPS)
+    assert code == 2
+    assert err.startswith("hdpainter: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() and not any(p.name.startswith(".out") for p in files.iterdir())
+
+
+def test_offline_hub_model_suggests_a_local_folder(files):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(files / "hf-home"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hdpainter.cli", "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
+         "--prompt", "a boat", "--output", str(files / "out.png"), "--model", "sd2", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hdpainter: error: model 'sd2' (stabilityai/stable-diffusion-2-inpainting) is not in the local cache")
+    assert "--model DIR" in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (files / "out.png").exists()
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    image = PIL.Image.new("RGB", (64, 64))
+    target = tmp_path / "x.png"
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", broken_save)
+    with pytest.raises(OSError):
+        cli.save_image(image, target, {"prompt": "x"})
+    assert list(tmp_path.iterdir()) == []

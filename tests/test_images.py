@@ -1,0 +1,90 @@
+"""Input handling: modes, thresholds, the reference's resize / dilation / padding geometry."""
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from hdpainter import images as imgs
+from hdpainter.errors import HDPainterError
+
+
+def test_non_binary_mask_is_thresholded_at_127():
+    values = np.array([[0, 3, 127, 128, 200, 255]], np.uint8)
+    mask = imgs.to_mask(PIL.Image.fromarray(values))
+    assert np.asarray(mask).tolist() == [[0, 0, 0, 255, 255, 255]]
+
+
+def test_rgba_mask_painted_on_transparent_layer_uses_alpha():
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, but only one stroke is opaque
+    rgba[0, 1, 3] = 255
+    mask = imgs.to_mask(PIL.Image.fromarray(rgba, "RGBA"))
+    assert np.asarray(mask).tolist() == [[0, 255, 0], [0, 0, 0]]
+
+
+def test_sixteen_bit_inputs_are_rescaled_not_clipped():
+    data = np.array([[0, 32768, 65535]], np.uint16)
+    image = PIL.Image.fromarray(data)
+    assert image.mode.startswith("I;16")
+    assert np.asarray(imgs.to_rgb(image))[0, :, 0].tolist() == [0, 128, 255]
+    assert np.asarray(imgs.to_mask(image)).tolist() == [[0, 255, 255]]
+
+
+def test_rgba_and_greyscale_images_become_rgb():
+    rgba = PIL.Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(imgs.to_rgb(rgba))[0, 0].tolist() == [10, 20, 30]
+    grey = PIL.Image.new("L", (4, 4), 77)
+    assert np.asarray(imgs.to_rgb(grey))[0, 0].tolist() == [77, 77, 77]
+
+
+@pytest.mark.parametrize("size, expected", [((2048, 1365), (512, 341)), ((300, 200), (512, 341)), ((1000, 1000), (512, 512)), ((333, 999), (170, 512))])
+def test_working_size_follows_the_reference_resize(size, expected):
+    w, h = size
+    assert imgs.working_size(size) == expected == (min(512, int(512 * w / h)), min(512, int(512 * h / w)))
+
+
+def test_prepare_dilates_by_a_cross_and_pads_to_64():
+    image = PIL.Image.new("RGB", (512, 300), (200, 100, 50))
+    mask = np.zeros((300, 512), np.uint8)
+    mask[100, 200] = 255
+    prepared = imgs.prepare(image, PIL.Image.fromarray(mask))
+    assert prepared.size == (512, 300)
+    assert prepared.image.shape == (320, 512, 3) and prepared.mask.shape == (320, 512)
+    assert (prepared.image[300:] == 0).all() and not prepared.mask[300:].any()
+    ys, xs = np.nonzero(prepared.mask)
+    assert sorted(zip(ys.tolist(), xs.tolist())) == [(99, 200), (100, 199), (100, 200), (100, 201), (101, 200)]
+
+
+def test_grid_masks_use_two_thresholds():
+    mask = np.zeros((64, 64), bool)
+    mask[0:8, 0:8] = True  # one full cell of the 8x8 latent grid
+    mask[8:10, 8:16] = True  # a quarter of another cell
+    any_grid = imgs.grid_mask(mask, 8, "any")
+    half_grid = imgs.grid_mask(mask, 8, "half")
+    assert any_grid[0, 0] and any_grid[1, 1]
+    assert half_grid[0, 0] and not half_grid[1, 1]
+
+
+def test_bad_masks_and_sizes_are_refused():
+    image = PIL.Image.new("RGB", (64, 64))
+    with pytest.raises(HDPainterError, match="empty"):
+        imgs.prepare(image, PIL.Image.new("L", (64, 64), 0))
+    with pytest.raises(HDPainterError, match="whole image"):
+        imgs.prepare(image, PIL.Image.new("L", (64, 64), 255))
+    with pytest.raises(HDPainterError, match="must match"):
+        imgs.prepare(image, PIL.Image.new("L", (32, 64), 255))
+    with pytest.raises(HDPainterError, match="smaller than"):
+        imgs.check_size((4, 4000), "image")
+    with pytest.raises(HDPainterError, match="larger than"):
+        imgs.check_size((20000, 20000), "image")
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(HDPainterError, match="not found"):
+        imgs.load_image(tmp_path / "nope.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    with pytest.raises(HDPainterError, match="cannot read image"):
+        imgs.load_image(bad)
+    with pytest.raises(HDPainterError, match="folder"):
+        imgs.load_image(tmp_path)

@@ -283,3 +283,20 @@ def test_bad_masks_raise_clear_errors(pipe, photo):
         pipe("a boat", image, PIL.Image.new("L", image.size, 255))
     with pytest.raises(HDPainterError, match="must match"):
         pipe("a boat", image, PIL.Image.new("L", (100, 100), 255))
+
+
+def test_rasg_pass_records_no_graph_after_the_last_rasg_layer(pipe, photo):
+    from hdpainter.inpaint import Conditioning, _unet
+
+    prepared, mask_latent, image_latents, cond, _ = conditioning(pipe, photo)
+    token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
+    masks = {d: torch.from_numpy(imgs.grid_mask(prepared.mask, d, "half")).flatten()[None] for d in (16, 32)}
+    c = Conditioning((SIZE // 8, SIZE // 8), torch.cat([mask_latent, image_latents], 1), cond, None, token_mask, masks)
+    x = torch.randn(1, 4, SIZE // 8, SIZE // 8).requires_grad_(True)
+    with torch.no_grad(), guided_attention(pipe.unet):
+        with torch.enable_grad():
+            out, state = _unet(pipe.unet, x, 999, cond, c, "cond", (16, 32), (32,))
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()  # restored by the caller's context managers
+    assert not out.requires_grad  # the up-blocks after the last H/32 layer ran without a graph
+    assert state.rasg_logits().requires_grad and state.rasg_heads > 0

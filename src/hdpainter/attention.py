@@ -33,6 +33,7 @@ class AttentionGuidance:
     masks: dict[int, torch.Tensor]  # pixel divisor (16, 32) → (B, h*w) bool, True = to fill
     painta_divisors: tuple[int, ...] = ()  # grids where self-attention becomes PAIntA; () = off
     rasg_divisors: tuple[int, ...] = ()  # grids whose cross-attention logits RASG collects; () = off
+    end_graph_after_rasg: bool = False  # switch grad recording off after the last RASG layer (caller restores it)
     relevance: dict[str, torch.Tensor] = field(default_factory=dict)  # c per layer, cond pass → uncond pass
     block_inputs: dict[int, tuple] = field(default_factory=dict)  # transformer block → (x, text), this call
     rasg_logit_sum: torch.Tensor | None = None  # (B, n, T) sum over layers and heads
@@ -145,16 +146,56 @@ class PaintaSelfAttention:
 class RasgCrossAttention:
     """Cross-attention (attn2) that also hands its pre-softmax logits on the RASG grid to the state."""
 
+    def __init__(self, name: str, layout: "UNetLayout"):
+        self.name = name
+        self.layout = layout
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, hdpainter=None):
         state: AttentionGuidance | None = hdpainter
         q, k, v = _project(attn, hidden_states, encoder_hidden_states)
         sdpa_mask = _sdpa_mask(attn, attention_mask, k.shape[2], hidden_states.shape[0])
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
-        if state is not None and state.role != "uncond" and state.divisor(hidden_states.shape[1]) in state.rasg_divisors:
+        divisor = state.divisor(hidden_states.shape[1]) if state is not None else None
+        if state is not None and state.role != "uncond" and divisor in state.rasg_divisors:
             q_c, k_c = state.conditional_rows(q), state.conditional_rows(k)
             logits = torch.matmul(q_c, k_c.transpose(-1, -2)).float() * attn.scale  # (B, H, n, T)
             state.add_rasg_logits(logits.sum(dim=1), attn.heads)
+            if state.end_graph_after_rasg and self.layout.is_last(self.name, divisor, state.rasg_divisors):
+                # RASG's objective is complete: the rest of this forward pass needs no autograd graph.
+                # The caller asked for this and restores the grad mode when the UNet returns.
+                torch.set_grad_enabled(False)
         return _output(attn, out, hidden_states)
+
+
+class UNetLayout:
+    """Forward order and grid of the transformer blocks of a UNet2DConditionModel-style UNet.
+
+    Lets the last RASG layer end gradient recording early; layers it cannot place (another layout)
+    simply never end it, which costs memory but not correctness.
+    """
+
+    def __init__(self, unet: torch.nn.Module, names: list[str]):
+        levels = len(getattr(unet, "down_blocks", ()))
+        self.places: dict[str, tuple[tuple[int, ...], int]] = {}
+        for name in names:
+            parts = name.split(".")
+            numbers = tuple(int(p) for p in parts if p.isdigit())
+            if parts[0] == "down_blocks" and numbers:
+                self.places[name] = ((0, *numbers), LATENT_FACTOR * 2 ** numbers[0])
+            elif parts[0] == "mid_block" and levels:
+                self.places[name] = ((1, *numbers), LATENT_FACTOR * 2 ** (levels - 1))
+            elif parts[0] == "up_blocks" and numbers and levels:
+                self.places[name] = ((2, *numbers), LATENT_FACTOR * 2 ** (levels - 1 - numbers[0]))
+        self._last: dict[tuple[int, ...], str | None] = {}
+
+    def is_last(self, name: str, divisor: int, divisors: tuple[int, ...]) -> bool:
+        """Whether `name` is the last block in forward order whose grid is one of `divisors`."""
+        if name not in self.places or self.places[name][1] != divisor:
+            return False
+        if divisors not in self._last:
+            candidates = [(order, n) for n, (order, d) in self.places.items() if d in divisors]
+            self._last[divisors] = max(candidates)[1] if candidates else None
+        return self._last[divisors] == name
 
 
 def _block_input_hook(block: torch.nn.Module):
@@ -182,10 +223,12 @@ def guided_attention(unet: torch.nn.Module) -> Iterator[None]:
     original = unet.attn_processors
     processors = dict(original)
     hooks = []
+    blocks = list(_transformer_blocks(unet))
+    layout = UNetLayout(unet, [name for name, _ in blocks])
     try:
-        for name, block in _transformer_blocks(unet):
+        for name, block in blocks:
             processors[f"{name}.attn1.processor"] = PaintaSelfAttention(name, block)
-            processors[f"{name}.attn2.processor"] = RasgCrossAttention()
+            processors[f"{name}.attn2.processor"] = RasgCrossAttention(name, layout)
             hooks.append(block.register_forward_pre_hook(_block_input_hook(block), with_kwargs=True))
         if not hooks:
             raise ValueError("the UNet has no SD-style transformer blocks (attn1 + attn2); PAIntA/RASG cannot attach")

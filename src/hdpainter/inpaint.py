@@ -59,6 +59,63 @@ def _broadcast(values: list, n: int, name: str) -> list:
     return values
 
 
+@dataclass
+class Conditioning:
+    """What stays fixed over the sampling loop (B conditional samples)."""
+
+    latent_size: tuple[int, int]  # (h, w)
+    image: torch.Tensor  # (B, 5, h, w): mask on the latent grid and E(masked image)
+    cond_embeds: torch.Tensor  # (B, T, D) full prompts
+    uncond_embeds: torch.Tensor | None  # (B, T, D) negative prompts; None without classifier-free guidance
+    token_mask: torch.Tensor  # (B, T) ind(τ)
+    grid_masks: dict[int, torch.Tensor]  # pixel divisor → (B, n) bool at that attention grid
+
+
+def _unet(unet, x, t, embeds, cond: Conditioning, role, painta_divisors=(), rasg_divisors=(), relevance=None):
+    state = AttentionGuidance(cond.latent_size, role, cond.token_mask, cond.grid_masks, painta_divisors, rasg_divisors,
+                              end_graph_after_rasg=bool(rasg_divisors), relevance=relevance if relevance is not None else {})
+    image = cond.image.repeat(x.shape[0] // cond.image.shape[0], 1, 1, 1)
+    t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    out = unet(torch.cat([x, image], dim=1), t_batch, encoder_hidden_states=embeds,
+               cross_attention_kwargs={STATE_KEY: state}, return_dict=False)[0]
+    return out, state
+
+
+def guided_prediction(
+    unet, latents: torch.Tensor, t: int, cond: Conditioning, guidance_scale: float, guidance: GuidanceConfig,
+    painta_on: bool, rasg_on: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One UNet evaluation of a sampling step: the CFG-combined output, and RASG's direction g (or None).
+
+    Call inside `guided_attention(unet)`. Without RASG: one batched [uncond; cond] pass. With RASG: the
+    conditional half with gradients w.r.t. x_t only (weights need no grad), then the unconditional half
+    outside the graph, reusing the conditional half's PAIntA relevance maps.
+    """
+    painta = tuple(guidance.painta_grids) if painta_on else ()
+    do_cfg = cond.uncond_embeds is not None
+    direction = None
+    if rasg_on:
+        x = latents.detach().requires_grad_(True)
+        with torch.enable_grad():  # the last RASG layer switches recording off for the rest of the pass; this restores it
+            out_cond, state = _unet(unet, x, t, cond.cond_embeds, cond, "cond", painta, tuple(guidance.rasg_grids))
+        with torch.enable_grad():
+            loss = rasg_objective(state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grids[0]],
+                                  guidance.rasg_logit_offset)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        out_cond = out_cond.detach()
+        direction = normalize_gradient(-grad)  # towards lower L: the reference's +∇score
+        if do_cfg:
+            out_uncond, _ = _unet(unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance)
+    elif do_cfg:
+        out, _ = _unet(unet, torch.cat([latents, latents]), t, torch.cat([cond.uncond_embeds, cond.cond_embeds]), cond, "cfg", painta)
+        out_uncond, out_cond = out.chunk(2)
+    else:
+        out_cond, _ = _unet(unet, latents, t, cond.cond_embeds, cond, "cond", painta)
+    if not do_cfg:
+        return out_cond, direction
+    return out_uncond + guidance_scale * (out_cond - out_uncond), direction
+
+
 class HDPainterPipeline(StableDiffusionInpaintPipeline):
     """HD-Painter stage 1 on any 9-channel Stable Diffusion 1.x/2.x inpainting checkpoint.
 
@@ -190,48 +247,15 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         alpha = 1.0 - self.scheduler.betas.double()
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
 
-        def run_unet(x, t, embeds, role, painta_on, rasg_on, relevance=None):
-            state = AttentionGuidance(
-                latent_size=latent_size,
-                role=role,
-                token_mask=token_mask,
-                masks=grid_masks,
-                painta_divisors=tuple(guidance.painta_grids) if painta_on else (),
-                rasg_divisors=tuple(guidance.rasg_grids) if rasg_on else (),
-                relevance=relevance if relevance is not None else {},
-            )
-            cond = torch.cat([condition] * (x.shape[0] // batch))
-            t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
-            out = self.unet(torch.cat([x, cond], dim=1), t_batch, encoder_hidden_states=embeds,
-                            cross_attention_kwargs={STATE_KEY: state}, return_dict=False)[0]
-            return out, state
+        cond = Conditioning(latent_size, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask, grid_masks)
 
         # 7. Sampling: DDIM, with RASG's guided step and PAIntA while t > painta_until_t
-        x0 = latents
         with guided_attention(self.unet), self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 last = i == len(timesteps) - 1
                 painta_on = use_painta and t > guidance.painta_until_t
                 rasg_on = use_rasg and not last  # the last step returns x̂0, which RASG's term does not reach
-                direction = None
-                if rasg_on:
-                    # Conditional half with gradients w.r.t. x_t only; the unconditional half stays out of the graph.
-                    x = latents.detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        out_cond, state = run_unet(x, t, cond_embeds, "cond", painta_on, True)
-                        loss = rasg_objective(state.rasg_logits(), token_mask, grid_masks[guidance.rasg_grids[0]], guidance.rasg_logit_offset)
-                        (grad,) = torch.autograd.grad(loss.sum(), x)
-                    out_cond = out_cond.detach()
-                    direction = normalize_gradient(-grad)  # towards lower L: the reference's +∇score
-                    if do_cfg:
-                        out_uncond, _ = run_unet(latents, t, uncond_embeds, "uncond", painta_on, False, state.relevance)
-                elif do_cfg:
-                    out, _ = run_unet(torch.cat([latents, latents]), t, torch.cat([uncond_embeds, cond_embeds]), "cfg", painta_on, False)
-                    out_uncond, out_cond = out.chunk(2)
-                else:
-                    out_cond, _ = run_unet(latents, t, cond_embeds, "cond", painta_on, False)
-                model_output = out_uncond + guidance_scale * (out_cond - out_uncond) if do_cfg else out_cond
-
+                model_output, direction = guided_prediction(self.unet, latents, t, cond, guidance_scale, guidance, painta_on, rasg_on)
                 x0, eps = split_prediction(model_output.float(), latents.float(), float(alpha_bar[t]), prediction_type)
                 if last:
                     latents = x0.to(dtype)

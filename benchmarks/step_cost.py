@@ -1,12 +1,12 @@
 """Cost of one `painta+rasg` sampling step relative to one `baseline` step (time and peak memory).
 
 A full-size Stable Diffusion 2 inpainting UNet (865 M parameters, random weights, fp32) runs on the CPU
-at 256 and 512 px. Each (size, method) is measured in a fresh process so that peak memory is its own:
-peak resident memory during the first step (weights included), then the median time of the next steps.
-Figures are ratios measured in one run on the same machine.
+at 256 and 512 px. Time: both methods in one process, interleaved in rounds after a warm-up, so that
+the machine's drift hits both alike; the ratio is the median of the per-round ratios. Memory: each
+method in a fresh process, peak resident memory during its first step (weights included).
 
-    python benchmarks/step_cost.py                  # 256 and 512 px
-    python benchmarks/step_cost.py --sizes 256 --repeats 2
+    python benchmarks/step_cost.py                  # 256 and 512 px, about 15 minutes on 2 cores
+    python benchmarks/step_cost.py --sizes 256 --rounds 2
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes())
 
 
-def child(method: str, size: int, repeats: int, t: int) -> dict:
+def setup(size: int):
+    """A full-size SD2-inpainting UNet (random weights) and fixed conditioning for one image of `size` px."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    from hdpainter.attention import guided_attention
-    from hdpainter.inpaint import Conditioning, GuidanceConfig, guided_prediction
+    from hdpainter.inpaint import Conditioning
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD2_INPAINT_UNET).eval().requires_grad_(False)
@@ -73,58 +73,86 @@ def child(method: str, size: int, repeats: int, t: int) -> dict:
     grid_masks = {d: torch.nn.functional.interpolate(mask, scale_factor=8 / d).flatten(1) > 0.5 for d in (16, 32)}
     cond = Conditioning((h, w), torch.cat([mask, torch.randn(1, 4, h, w, generator=g)], 1),
                         torch.randn(1, 77, 1024, generator=g), torch.randn(1, 77, 1024, generator=g), token_mask, grid_masks)
-    latents = torch.randn(1, 4, h, w, generator=g)
-    on = method == "painta+rasg"
+    return unet, cond, torch.randn(1, 4, h, w, generator=g)
+
+
+def make_step(unet, cond, latents, method: str, t: int):
+    """One sampling step's UNet work for `method` at timestep `t`, as the pipeline runs it."""
+    import torch
+
+    from hdpainter.attention import guided_attention
+    from hdpainter.inpaint import GuidanceConfig, guided_prediction
+
     guidance = GuidanceConfig()
+    on = method == "painta+rasg"
 
     def step():
         with torch.no_grad(), guided_attention(unet):
             out, direction = guided_prediction(unet, latents, t, cond, 7.5, guidance, on and t > guidance.painta_until_t, on)
         assert torch.isfinite(out).all() and (direction is None or torch.isfinite(direction).all())
 
+    return step
+
+
+def child_memory(method: str, size: int, t: int) -> dict:
+    """Peak resident memory (weights included) during the first step of a fresh process."""
+    step = make_step(*setup(size), method, t)
     before = rss_bytes()
     with PeakRSS() as peak:
         step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"method": method, "size": size, "t": t, "time_s": statistics.median(times),
-            "peak_bytes": peak.peak, "step_bytes": peak.peak - before}
+    return {"peak_bytes": peak.peak, "step_bytes": peak.peak - before}
+
+
+def child_time(size: int, timesteps: list[int], rounds: int) -> dict:
+    """Median step times, baseline and painta+rasg interleaved in rounds so machine drift hits both alike."""
+    unet, cond, latents = setup(size)
+    steps = {(m, t): make_step(unet, cond, latents, m, t) for t in timesteps for m in METHODS}
+    for step in steps.values():
+        step()  # warm-up
+    times = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - start)
+    return {f"{m}@{t}": statistics.median(v) for (m, t), v in times.items()} | {
+        f"ratio@{t}": statistics.median(o / b for o, b in zip(times[("painta+rasg", t)], times[("baseline", t)])) for t in timesteps
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step of each")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[999, 499], help="999: PAIntA and RASG; 499: RASG only")
-    parser.add_argument("--child", nargs=4, metavar=("METHOD", "SIZE", "REPEATS", "T"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        method, size, repeats, t = args.child
-        print(json.dumps(child(method, int(size), int(repeats), int(t))))
+        kind, *rest = args.child
+        if kind == "memory":
+            result = child_memory(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            result = child_time(int(rest[0]), [int(t) for t in rest[2:]], int(rest[1]))
+        print(json.dumps(result))
         return 0
 
-    rows = []
-    for size in args.sizes:
-        for t in args.timesteps:
-            result = {}
-            for method in METHODS:
-                proc = subprocess.run([sys.executable, __file__, "--child", method, str(size), str(args.repeats), str(t)],
-                                      capture_output=True, text=True, check=True)
-                result[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-            base, ours = result["baseline"], result["painta+rasg"]
-            rows.append((size, t, base, ours))
-            print(f"{size} px, t={t}: baseline {base['time_s']:.2f} s, painta+rasg {ours['time_s']:.2f} s", file=sys.stderr)
+    def run_child(*argv) -> dict:
+        proc = subprocess.run([sys.executable, __file__, "--child", *map(str, argv)], capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     gib = 2**30
-    print("| size | t | baseline step | painta+rasg step | time ratio | baseline peak RSS | painta+rasg peak RSS | peak ratio | step-only memory (baseline → ours) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for size, t, base, ours in rows:
-        print(f"| {size} | {t} | {base['time_s']:.2f} s | {ours['time_s']:.2f} s | {ours['time_s'] / base['time_s']:.2f}× "
-              f"| {base['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / base['peak_bytes']:.2f}× "
-              f"| {base['step_bytes'] / gib:.2f} → {ours['step_bytes'] / gib:.2f} GiB |")
+    lines = ["| size | t | baseline step | painta+rasg step | time ratio | baseline peak memory | painta+rasg peak memory | memory ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for size in args.sizes:
+        timing = run_child("time", size, args.rounds, *args.timesteps)
+        for t in args.timesteps:
+            memory = {m: run_child("memory", m, size, t) for m in METHODS}
+            base, ours = memory["baseline"], memory["painta+rasg"]
+            lines.append(
+                f"| {size} px | {t} | {timing[f'baseline@{t}']:.2f} s | {timing[f'painta+rasg@{t}']:.2f} s | {timing[f'ratio@{t}']:.2f}× "
+                f"| {base['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / base['peak_bytes']:.2f}× |")
+            print(lines[-1], file=sys.stderr)
+    print("\n".join(lines))
     return 0
 
 

@@ -92,6 +92,7 @@ def corrupt(path):
         ("missing folder", "model path not found"),
         ("bad extension", "image format"),
         ("no output folder", "output folder does not exist"),
+        ("too many steps", "--steps must be in 1..1000"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, case, message):
@@ -114,8 +115,9 @@ def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, cas
         out = files / "out.xyz"
     elif case == "no output folder":
         out = files / "missing" / "out.png"
+    steps = ["--steps", "2000", "--device", "cpu"] if case == "too many steps" else STEPS
     code, stdout, err = run_cli(capsys, "inpaint", "--image", str(image), "--mask", str(mask), "--prompt", "a boat",
-                                "--output", str(out), "--model", model, *STEPS)
+                                "--output", str(out), "--model", model, *steps)
     assert code == 2
     assert err.startswith("hdpainter: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err

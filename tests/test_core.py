@@ -35,13 +35,18 @@ def random_case(b=2, heads=3, n=36, d=8, same_mask=True, seed=0):
 @pytest.mark.parametrize("same_mask", [True, False])
 def test_painta_fused_equals_explicit_eq5(same_mask):
     q, k, v, c, mask = random_case(same_mask=same_mask)
-    torch.testing.assert_close(painta_attention(q, k, v, c, mask), eq5_explicit(q, k, v, c, mask))
+    expected = eq5_explicit(q, k, v, c, mask)
+    torch.testing.assert_close(painta_attention(q, k, v, c, mask), expected)
+    if same_mask:  # the row-restricted second call gives the same
+        rows = mask[0].nonzero().squeeze(1)
+        torch.testing.assert_close(painta_attention(q, k, v, c, mask, shared_rows=rows), expected)
 
 
 def test_painta_gradients_equal_explicit_form():
     q, k, v, c, mask = random_case(same_mask=True)
+    rows = mask[0].nonzero().squeeze(1)
     grads = []
-    for fn in (painta_attention, eq5_explicit):
+    for fn in (lambda *a: painta_attention(*a, shared_rows=rows), eq5_explicit):
         qq, cc = q.clone().requires_grad_(), c.clone().requires_grad_()
         (fn(qq, k, v, cc, mask) * v).sum().backward()
         grads.append((qq.grad, cc.grad))
@@ -55,6 +60,8 @@ def test_painta_changes_only_masked_queries_and_is_plain_without_rescaling():
     torch.testing.assert_close(out[:, :, ~mask[0]], plain[:, :, ~mask[0]])
     assert (out[:, :, mask[0]] - plain[:, :, mask[0]]).abs().max() > 1e-3
     torch.testing.assert_close(painta_attention(q, k, v, torch.ones_like(c), mask), plain)
+    empty = torch.zeros(0, dtype=torch.long)
+    torch.testing.assert_close(painta_attention(q, k, v, c, torch.zeros_like(mask), shared_rows=empty), plain)
 
 
 def test_smoothing_kernel_is_normalised_outer_product_of_e_minus_one_weights():
@@ -155,6 +162,14 @@ def test_trailing_timesteps_match_diffusers(steps):
 
 def test_reference_timesteps_for_50_steps():
     assert trailing_timesteps(1000, 50) == list(range(999, 0, -20))
+
+
+def test_uint8_conversion_truncates_like_the_reference():
+    from hdpainter.inpaint import to_uint8
+
+    x = torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0, 2 * 100.7 / 255 - 1]).view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    # 255 (x + 1) / 2, clipped to [-1, 1] first, then truncated: 127.5 → 127, 254.87 → 254, 100.7 → 100
+    assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 127, 254, 255, 255, 100]
 
 
 def test_ddim_step_formulas():

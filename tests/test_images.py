@@ -30,6 +30,17 @@ def test_sixteen_bit_inputs_are_rescaled_not_clipped():
     assert np.asarray(imgs.to_mask(image)).tolist() == [[0, 255, 255]]
 
 
+def test_arrays_and_tensors_of_any_dtype():
+    import torch
+
+    assert np.asarray(imgs.as_pil(np.array([[0.0, 0.5, 1.0]]), "x")).tolist() == [[0, 128, 255]]
+    assert np.asarray(imgs.as_pil(np.array([[0, 100, 255]], np.int64), "x")).tolist() == [[0, 100, 255]]
+    assert np.asarray(imgs.as_pil(np.array([[0, 65535]], np.uint16), "x")).tolist() == [[0, 255]]
+    assert np.asarray(imgs.as_pil(np.array([[False, True]]), "x")).tolist() == [[0, 255]]
+    assert np.asarray(imgs.as_pil(torch.tensor([[0.0, 1.0]]), "x")).tolist() == [[0, 255]]  # (H, W) mask tensor
+    assert imgs.as_pil(torch.zeros(3, 5, 7), "x").size == (7, 5)
+
+
 def test_rgba_and_greyscale_images_become_rgb():
     rgba = PIL.Image.new("RGBA", (4, 4), (10, 20, 30, 0))
     assert np.asarray(imgs.to_rgb(rgba))[0, 0].tolist() == [10, 20, 30]
@@ -73,6 +84,10 @@ def test_bad_masks_and_sizes_are_refused():
         imgs.prepare(image, PIL.Image.new("L", (64, 64), 255))
     with pytest.raises(HDPainterError, match="must match"):
         imgs.prepare(image, PIL.Image.new("L", (32, 64), 255))
+    half = np.zeros((8, 8000), np.uint8)
+    half[:, :4000] = 255
+    with pytest.raises(HDPainterError, match="too elongated"):
+        imgs.prepare(PIL.Image.new("RGB", (8000, 8)), PIL.Image.fromarray(half))
     with pytest.raises(HDPainterError, match="smaller than"):
         imgs.check_size((4, 4000), "image")
     with pytest.raises(HDPainterError, match="larger than"):

@@ -38,6 +38,7 @@ class AttentionGuidance:
     block_inputs: dict[int, tuple] = field(default_factory=dict)  # transformer block → (x, text), this call
     rasg_logit_sum: torch.Tensor | None = None  # (B, n, T) sum over layers and heads
     rasg_heads: int = 0
+    _shared_rows: dict[int, torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     def divisor(self, num_tokens: int) -> int | None:
         """Pixel divisor of an attention layer's grid (16 for H/16), or None if it is not a grid of ours."""
@@ -60,6 +61,14 @@ class AttentionGuidance:
         if self.rasg_logit_sum is None:
             raise RuntimeError("no cross-attention layer matched the RASG grid; is this an SD-style UNet?")
         return self.rasg_logit_sum / self.rasg_heads
+
+    def shared_rows(self, divisor: int) -> torch.Tensor | None:
+        """Masked token indices when every sample shares one mask at this grid (else None); once per call."""
+        if divisor not in self._shared_rows:
+            masks = self.masks[divisor]
+            same = bool((masks == masks[:1]).all())
+            self._shared_rows[divisor] = masks[0].nonzero().squeeze(1) if same else None
+        return self._shared_rows[divisor]
 
     def conditional_rows(self, x: torch.Tensor) -> torch.Tensor:
         return x[-self.token_mask.shape[0] :]
@@ -119,7 +128,7 @@ class PaintaSelfAttention:
         state: AttentionGuidance | None = hdpainter
         q, k, v = _project(attn, hidden_states, None)
         sdpa_mask = _sdpa_mask(attn, attention_mask, hidden_states.shape[1], hidden_states.shape[0])
-        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, scale=attn.scale)
         divisor = state.divisor(hidden_states.shape[1]) if state is not None else None
         if state is None or divisor not in state.painta_divisors or sdpa_mask is not None:
             return _output(attn, plain, hidden_states)
@@ -127,9 +136,8 @@ class PaintaSelfAttention:
         if state.role == "uncond":
             relevance = state.relevance[self.name]  # c comes from the conditional half (METHOD §3.3)
         else:
-            x, text = state.block_inputs.pop(self.block_id)
-            y = _output(attn, plain, hidden_states)  # the unmodified self-attention output SA(X)
-            x, y, text = (state.conditional_rows(t) for t in (x, y, text))
+            x, text = (state.conditional_rows(t) for t in state.block_inputs.pop(self.block_id))
+            y = _output(attn, state.conditional_rows(plain), state.conditional_rows(hidden_states))  # SA(X), unmodified
             if self.attn2.norm_cross:
                 text = self.attn2.norm_encoder_hidden_states(text)
             q_c = _heads(self.attn2.to_q(self.norm2(x + y)), self.attn2.heads)
@@ -139,7 +147,8 @@ class PaintaSelfAttention:
             if state.role == "cond":
                 state.relevance[self.name] = relevance.detach()
         mask = state.per_row(state.masks[divisor])
-        out = painta_attention(q, k, v, state.per_row(relevance).to(q.dtype), mask, plain=plain)
+        out = painta_attention(q, k, v, state.per_row(relevance).to(q.dtype), mask, plain=plain,
+                               shared_rows=state.shared_rows(divisor), scale=attn.scale)
         return _output(attn, out, hidden_states)
 
 
@@ -154,7 +163,7 @@ class RasgCrossAttention:
         state: AttentionGuidance | None = hdpainter
         q, k, v = _project(attn, hidden_states, encoder_hidden_states)
         sdpa_mask = _sdpa_mask(attn, attention_mask, k.shape[2], hidden_states.shape[0])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, scale=attn.scale)
         divisor = state.divisor(hidden_states.shape[1]) if state is not None else None
         if state is not None and state.role != "uncond" and divisor in state.rasg_divisors:
             q_c, k_c = state.conditional_rows(q), state.conditional_rows(k)
@@ -204,8 +213,11 @@ def _block_input_hook(block: torch.nn.Module):
     def hook(module, args, kwargs):
         bound = signature.bind(*args, **kwargs)
         state = (bound.arguments.get("cross_attention_kwargs") or {}).get(STATE_KEY)
-        if state is not None and state.painta_divisors and state.role != "uncond":
-            state.block_inputs[id(module)] = (bound.arguments["hidden_states"], bound.arguments.get("encoder_hidden_states"))
+        if state is None or not state.painta_divisors or state.role == "uncond":
+            return
+        hidden = bound.arguments["hidden_states"]
+        if state.divisor(hidden.shape[1]) in state.painta_divisors:  # PAIntA needs X for norm2(X + SA(X))
+            state.block_inputs[id(module)] = (hidden, bound.arguments.get("encoder_hidden_states"))
 
     return hook
 
@@ -213,7 +225,8 @@ def _block_input_hook(block: torch.nn.Module):
 def _transformer_blocks(unet: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
     for name, module in unet.named_modules():
         attn1, attn2 = getattr(module, "attn1", None), getattr(module, "attn2", None)
-        if attn1 is not None and attn2 is not None and hasattr(module, "norm2") and not getattr(module, "only_cross_attention", False):
+        if (attn1 is not None and attn2 is not None and getattr(module, "norm_type", None) == "layer_norm"
+                and not getattr(module, "only_cross_attention", False)):
             yield name, module
 
 

@@ -7,15 +7,17 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
+from .defaults import SEED_STRIDE
 from .errors import HDPainterError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .painter import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
+    from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
 
     parser = argparse.ArgumentParser(prog="hdpainter", description="Prompt-faithful text-guided inpainting (HD-Painter).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,26 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device_and_dtype(device: str | None, dtype: str):
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise HDPainterError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HDPainterError("--device cuda asked for, but this torch build sees no CUDA GPU")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise HDPainterError("--device mps asked for, but MPS is not available here")
-    if dtype == "auto":
-        dtype = "float16" if dev.type == "cuda" else "float32"
-    if dev.type == "cpu" and dtype != "float32":
-        raise HDPainterError(f"--dtype {dtype} is not supported on the CPU; use float32")
-    return dev, getattr(torch, dtype)
-
-
 def output_paths(output: str, count: int) -> list[Path]:
     out = Path(output)
     if count == 1:
@@ -86,6 +68,9 @@ def save_image(image, path: Path, metadata: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format=image_format(path), **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output file should not be
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -104,6 +89,7 @@ def image_format(path: Path) -> str:
 
 def inpaint(args: argparse.Namespace) -> int:
     from . import images
+    from .models import default_device_and_dtype
     from .painter import HDPainter, InpaintRequest
 
     outputs = output_paths(args.output, args.num_samples)
@@ -111,12 +97,14 @@ def inpaint(args: argparse.Namespace) -> int:
         image_format(path)
         if not path.parent.is_dir():
             raise HDPainterError(f"output folder does not exist: {path.parent}")
-    if args.num_samples < 1 or args.steps < 1:
-        raise HDPainterError("--num-samples and --steps must be at least 1")
+    if args.num_samples < 1:
+        raise HDPainterError("--num-samples must be at least 1")
+    if not 1 <= args.steps <= 1000:
+        raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
     image = images.load_image(args.image)
     mask = images.load_mask(args.mask)
     images.prepare(image, mask)  # all input checks before the (slow) model load
-    device, dtype = _device_and_dtype(args.device, args.dtype)
+    device, dtype = default_device_and_dtype(args.device, None if args.dtype == "auto" else args.dtype)
     painter = HDPainter.from_pretrained(args.model, device=device, dtype=dtype, local_files_only=args.local_files_only)
     request = InpaintRequest(
         prompt=args.prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
@@ -129,35 +117,37 @@ def inpaint(args: argparse.Namespace) -> int:
               file=sys.stderr)
     results = painter(image, mask, request)
     for k, (result, path) in enumerate(zip(results, outputs)):
-        save_image(result, path, request.metadata() | {"seed": request.seed + 1000 * k, "sample": k + 1})
+        save_image(result, path, request.metadata() | {"seed": request.seed + SEED_STRIDE * k, "sample": k + 1})
         print(path)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_libraries()
-    try:
-        return {"inpaint": inpaint}[args.command](args)
-    except HDPainterError as exc:
-        print(f"hdpainter: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hdpainter: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("hdpainter: error: out of memory; try a smaller image, --dtype float16 on a GPU, or fewer samples", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
+        try:
+            return {"inpaint": inpaint}[args.command](args)
+        except HDPainterError as exc:
+            print(f"hdpainter: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("hdpainter: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+                print("hdpainter: error: out of memory; try --dtype float16 on a GPU, fewer samples or a smaller working size",
+                      file=sys.stderr)
+                return 1
+            raise
 
 
-def _quiet_libraries() -> None:
-    """The CLI owns its process: keep library chatter (deprecations, backend notices) off the terminal."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
+def run() -> None:
+    """Console entry point: this process is ours, so library log chatter is turned down before imports."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import PIL.Image
@@ -15,8 +16,6 @@ PAD_MULTIPLE = 64  # images are padded right/bottom to a multiple of this
 MASK_THRESHOLD = 127  # input mask pixels above this count as "fill" (non-binary masks are thresholded)
 MAX_PIXELS = 64 * 1024 * 1024  # refuse absurd images before decoding them (64 MP)
 MIN_SIDE = 8
-
-PIL.Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves and say so in one line
 
 
 def _open(path: str | os.PathLike, what: str) -> PIL.Image.Image:
@@ -96,16 +95,24 @@ def as_pil(image, what: str) -> PIL.Image.Image:
         image = image.detach().cpu().float()
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
+        if image.ndim == 2:
+            image = image[None]
         if image.ndim != 3:
-            raise HDPainterError(f"{what}: expected a (C, H, W) tensor, got shape {tuple(image.shape)}")
+            raise HDPainterError(f"{what}: expected a (C, H, W) or (H, W) tensor, got shape {tuple(image.shape)}")
         image = image.permute(1, 2, 0).numpy()
     if isinstance(image, np.ndarray):
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
         if image.ndim not in (2, 3):
             raise HDPainterError(f"{what}: expected an (H, W) or (H, W, C) array, got shape {image.shape}")
-        if image.dtype != np.uint8:
+        if image.dtype == np.bool_:
+            image = image.astype(np.uint8) * 255
+        elif np.issubdtype(image.dtype, np.floating):  # floats are in [0, 1]
             image = np.clip(np.asarray(image, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        elif image.dtype == np.uint16:
+            image = (image.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+        elif image.dtype != np.uint8:  # other integers are taken as 0..255
+            image = np.clip(image, 0, 255).astype(np.uint8)
         return PIL.Image.fromarray(image)
     raise HDPainterError(f"{what}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
@@ -154,6 +161,8 @@ def prepare(image: PIL.Image.Image, mask: PIL.Image.Image, long_side: int = WORK
     if binary.all():
         raise HDPainterError("mask covers the whole image: nothing is left to condition on")
     size = working_size(image.size, long_side)
+    if min(size) < MIN_SIDE:
+        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]}: too elongated for a {long_side} px working size")
     small = np.asarray(image.convert("RGB").resize(size, resample=PIL.Image.BICUBIC))
     small_mask = dilate_cross(resize_mask(binary, size) != 0)
     pw, ph = padded_size(size)
@@ -164,8 +173,12 @@ def prepare(image: PIL.Image.Image, mask: PIL.Image.Image, long_side: int = WORK
     return PreparedInput(padded, padded_mask, size)
 
 
-def grid_mask(mask: np.ndarray, divisor: int, threshold: str) -> np.ndarray:
+def grid_mask(mask: np.ndarray, divisor: int, threshold: Literal["any", "half"]) -> np.ndarray:
     """The mask on a grid H/divisor × W/divisor: bicubic downscale, then `!= 0` ("any") or `> 0.5` ("half")."""
     h, w = mask.shape
     values = resize_mask(mask, (w // divisor, h // divisor))
-    return values != 0 if threshold == "any" else values / 255.0 > 0.5
+    if threshold == "any":
+        return values != 0
+    if threshold == "half":
+        return values / 255.0 > 0.5
+    raise ValueError(f"threshold must be 'any' or 'half', got {threshold!r}")

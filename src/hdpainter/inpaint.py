@@ -5,6 +5,7 @@ Notation: x_t `latents`, ε̂ `eps`, x̂0 `x0`, ᾱ `alpha_bar`, per-step α = 1
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,9 +21,11 @@ from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_atten
 from .core.rasg import ddim_sigma, normalize_gradient, rasg_objective
 from .core.sampling import ddim_step, split_prediction, trailing_timesteps
 from .core.tokens import prompt_token_indices
+from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
 from .errors import HDPainterError
 
 METHODS = ("baseline", "painta", "rasg", "painta+rasg")
+LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
 RASG_SIGMAS = ("reference", "paper")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -33,7 +36,7 @@ class GuidanceConfig:
 
     painta_until_t: int = 500  # PAIntA is active while t > this
     painta_grids: tuple[int, ...] = (16, 32)  # pixel divisors of the grids whose self-attention becomes PAIntA
-    rasg_grids: tuple[int, ...] = (32,)  # pixel divisors of the grids whose cross-attention RASG reads
+    rasg_grid: int = 32  # pixel divisor of the grid whose cross-attention logits RASG reads (H/32)
     rasg_logit_offset: float = 1.0  # BCE-with-logits(Ā − offset, M)
 
 
@@ -97,11 +100,11 @@ def guided_prediction(
     if rasg_on:
         x = latents.detach().requires_grad_(True)
         with torch.enable_grad():  # the last RASG layer switches recording off for the rest of the pass; this restores it
-            out_cond, state = _unet(unet, x, t, cond.cond_embeds, cond, "cond", painta, tuple(guidance.rasg_grids))
+            out_cond, state = _unet(unet, x, t, cond.cond_embeds, cond, "cond", painta, (guidance.rasg_grid,))
         with torch.enable_grad():
-            loss = rasg_objective(state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grids[0]],
+            loss = rasg_objective(state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grid],
                                   guidance.rasg_logit_offset)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
+            (grad,) = torch.autograd.grad(loss.sum() * LOSS_SCALE, x)
         out_cond = out_cond.detach()
         direction = normalize_gradient(-grad)  # towards lower L: the reference's +∇score
         if do_cfg:
@@ -136,11 +139,13 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
 
     def _encode_images(self, prepared: list[imgs.PreparedInput], device, dtype) -> torch.Tensor:
         """E(masked image): posterior mean × scaling factor (the reference's choice; diffusers samples)."""
-        pixels = torch.stack([torch.from_numpy(p.image).permute(2, 0, 1) for p in prepared]).float() / 127.5 - 1.0
-        keep = torch.stack([torch.from_numpy(~p.mask) for p in prepared])[:, None]
+        unique = list({id(p): p for p in prepared}.values())  # samples of one prompt share their input
+        pixels = torch.stack([torch.from_numpy(p.image).permute(2, 0, 1) for p in unique]).float() / 127.5 - 1.0
+        keep = torch.stack([torch.from_numpy(~p.mask) for p in unique])[:, None]
         masked = (pixels * keep).to(device=device, dtype=self.vae.dtype)
-        latents = self.vae.encode(masked).latent_dist.mean
-        return (latents * self.vae.config.scaling_factor).to(dtype)
+        latents = self.vae.encode(masked).latent_dist.mean * self.vae.config.scaling_factor
+        index = {id(p): i for i, p in enumerate(unique)}
+        return latents[[index[id(p)] for p in prepared]].to(dtype)
 
     @torch.no_grad()
     def __call__(
@@ -153,8 +158,8 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         guidance_scale: float = 7.5,
         rasg_eta: float = 0.1,
         rasg_sigma: str = "reference",
-        negative_prompt: str | list[str] | None = None,
-        positive_prompt: str | None = None,
+        negative_prompt: str | list[str] | None = REFERENCE_NEGATIVE_PROMPT,
+        positive_prompt: str | None = REFERENCE_POSITIVE_PROMPT,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -176,8 +181,8 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             guidance_scale: classifier-free guidance scale; ≤ 1 disables the unconditional pass.
             rasg_eta: η of RASG's generalised DDIM step (reference 0.1; the paper's evaluation 0.25).
             rasg_sigma: "reference" (per-step α, as the authors' code) or "paper" (cumulative ᾱ).
-            negative_prompt: the unconditional prompt ("" when None).
-            positive_prompt: appended as f"{prompt}, {positive_prompt}" when given.
+            negative_prompt: the unconditional prompt; default the reference's list, "" or None for none.
+            positive_prompt: appended as f"{prompt}, {positive_prompt}"; default the reference's, "" or None for none.
             num_images_per_prompt: samples per prompt.
             generator: torch.Generator (or one per sample) for the initial noise.
             latents: initial noise x_T, (batch, 4, H/8, W/8) at the padded working size.
@@ -194,9 +199,13 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             raise HDPainterError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
         if num_images_per_prompt < 1:
             raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
+            raise HDPainterError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
         if self.unet.config.in_channels != 9:
             raise HDPainterError(f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model is needed")
-        prompts = [str(p) for p in _as_list(prompt, "prompt")]
+        prompts = _as_list(prompt, "prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise HDPainterError("prompt must be a string or a list of strings")
         negatives = _broadcast([n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt")
         full_prompts = [f"{p}, {positive_prompt}" if positive_prompt else p for p in prompts]
         batch = len(prompts) * num_images_per_prompt
@@ -229,7 +238,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         condition = torch.cat([mask_latent, image_latents], dim=1)  # (B, 5, h, w)
 
         # 5. Masks at the attention grids ("> 0.5") for PAIntA and RASG
-        divisors = set(guidance.painta_grids) | set(guidance.rasg_grids)
+        divisors = set(guidance.painta_grids) | {guidance.rasg_grid}
         grid_masks = {
             d: torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, d, "half")).flatten() for p in prepared]).to(device)
             for d in divisors
@@ -237,6 +246,8 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
 
         # 6. Initial noise x_T and the timestep schedule
         shape = (batch, self.vae.config.latent_channels, *latent_size)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise HDPainterError(f"{len(generator)} generators given for {batch} samples (prompts × num_images_per_prompt)")
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
@@ -249,8 +260,12 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
 
         cond = Conditioning(latent_size, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask, grid_masks)
 
+        unknown = set(callback_on_step_end_tensor_inputs) - {"latents", "x0"}
+        if unknown:
+            raise HDPainterError(f"callback_on_step_end_tensor_inputs may hold 'latents' and 'x0', not {sorted(unknown)}")
+
         # 7. Sampling: DDIM, with RASG's guided step and PAIntA while t > painta_until_t
-        with guided_attention(self.unet), self.progress_bar(total=len(timesteps)) as progress:
+        with frozen(self.unet), guided_attention(self.unet), self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 last = i == len(timesteps) - 1
                 painta_on = use_painta and t > guidance.painta_until_t
@@ -289,6 +304,19 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         if not return_dict:
             return (result, None)
         return StableDiffusionPipelineOutput(images=result, nsfw_content_detected=None)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Weights need no gradient while sampling (RASG differentiates w.r.t. x_t only); restored afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def to_uint8(decoded: torch.Tensor) -> np.ndarray:

@@ -34,6 +34,31 @@ def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
     return name
 
 
+def default_device_and_dtype(device=None, dtype=None):
+    """The best available device unless one is named, and float16 on CUDA / float32 elsewhere unless named."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise HDPainterError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HDPainterError("device cuda asked for, but this torch build sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise HDPainterError("device mps asked for, but MPS is not available here")
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise HDPainterError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and dtype != torch.float32:
+        raise HDPainterError(f"{dtype} is not supported on the CPU here; use float32")
+    return device, dtype
+
+
 def load_inpaint_pipeline(name: str = DEFAULT_INPAINT_MODEL, device=None, dtype=None, local_files_only: bool = False):
     """Load an HDPainterPipeline from a short name, hub id, local folder or single checkpoint file."""
     import torch

@@ -15,14 +15,8 @@ import PIL.Image
 
 from . import images as imgs
 from .errors import HDPainterError
+from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
 
-REFERENCE_POSITIVE_PROMPT = "Full HD, 4K, high quality, high resolution"
-REFERENCE_NEGATIVE_PROMPT = (
-    "text, bad anatomy, bad proportions, blurry, cropped, deformed, disfigured, duplicate, error, extra limbs, "
-    "gross proportions, jpeg artifacts, long neck, low quality, lowres, malformed, morbid, mutated, mutilated, "
-    "out of frame, ugly, worst quality"
-)
-SEED_STRIDE = 1000  # sample k uses seed + k·1000, as the reference CLI
 
 
 @dataclass
@@ -76,8 +70,10 @@ class HDPainter:
 
     @classmethod
     def from_pretrained(cls, model: str = "sd2", device=None, dtype=None, local_files_only: bool = False) -> "HDPainter":
-        from .models import load_inpaint_pipeline
+        """Load `model` onto `device` (default: the best available) in `dtype` (default: float16 on CUDA)."""
+        from .models import default_device_and_dtype, load_inpaint_pipeline
 
+        device, dtype = default_device_and_dtype(device, dtype)
         return cls(load_inpaint_pipeline(model, device=device, dtype=dtype, local_files_only=local_files_only), model)
 
     def __call__(self, image: PIL.Image.Image, mask: PIL.Image.Image, request: InpaintRequest, progress: bool = True) -> list[PIL.Image.Image]:

@@ -57,23 +57,24 @@ def painta_attention(
     relevance: torch.Tensor,
     mask: torch.Tensor,
     plain: torch.Tensor | None = None,
+    shared_rows: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Eq. 5 through fused attention: softmax(Ã) v with Ã_ij = c_j A_ij for masked i and known j.
 
     Uses c_j (q_i · k_j) = q_i · (c_j k_j): masked queries attend over keys whose known entries are
     scaled by c_j; the other queries keep plain attention (`plain`, if the caller already has it).
-    Returns (B, H, n, d) without ever forming the n×n matrix.
+    When every sample shares one mask, `shared_rows` (its masked token indices) limits the second
+    attention call to those query rows. Returns (B, H, n, d) without ever forming the n×n matrix.
     """
     if plain is None:
-        plain = F.scaled_dot_product_attention(q, k, v)
+        plain = F.scaled_dot_product_attention(q, k, v, scale=scale)
     key_scale = torch.where(mask, torch.ones_like(relevance), relevance)  # (B, n)
     k_scaled = k * key_scale[:, None, :, None].to(k.dtype)
-    if bool((mask == mask[:1]).all()):
-        # One mask for the whole batch: only the masked query rows need the second attention call.
-        rows = mask[0].nonzero().squeeze(1)
-        if rows.numel() == 0:
+    if shared_rows is not None:
+        if shared_rows.numel() == 0:
             return plain
-        rescaled = F.scaled_dot_product_attention(q.index_select(2, rows), k_scaled, v)
-        return plain.index_copy(2, rows, rescaled)
-    rescaled = F.scaled_dot_product_attention(q, k_scaled, v)
+        rescaled = F.scaled_dot_product_attention(q.index_select(2, shared_rows), k_scaled, v, scale=scale)
+        return plain.index_copy(2, shared_rows, rescaled)
+    rescaled = F.scaled_dot_product_attention(q, k_scaled, v, scale=scale)
     return torch.where(mask[:, None, :, None], rescaled, plain)

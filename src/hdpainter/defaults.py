@@ -1,0 +1,10 @@
+"""Reference defaults shared by every front-end (cheap to import)."""
+
+# The reference CLI's prompts (METHOD §1); pass "" to switch either off (the paper's Table 1 used none).
+REFERENCE_POSITIVE_PROMPT = "Full HD, 4K, high quality, high resolution"
+REFERENCE_NEGATIVE_PROMPT = (
+    "text, bad anatomy, bad proportions, blurry, cropped, deformed, disfigured, duplicate, error, extra limbs, "
+    "gross proportions, jpeg artifacts, long neck, low quality, lowres, malformed, morbid, mutated, mutilated, "
+    "out of frame, ugly, worst quality"
+)
+SEED_STRIDE = 1000  # sample k of a request uses seed + k·1000, as the reference CLI

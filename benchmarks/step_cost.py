@@ -7,6 +7,8 @@ method in a fresh process, peak resident memory during its first step (weights i
 
     python benchmarks/step_cost.py                  # 256 and 512 px, about 15 minutes on 2 cores
     python benchmarks/step_cost.py --sizes 256 --rounds 2
+    # allocator caching, as CUDA's allocator does (removes page-zeroing time from both methods):
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=17179869184 python benchmarks/step_cost.py
 """
 
 from __future__ import annotations

@@ -346,3 +346,18 @@ def test_weights_are_frozen_while_sampling_and_restored_after(pipe, photo):
     assert seen and not any(seen)  # RASG's backward computes no weight gradients
     assert all(p.requires_grad for p in pipe.unet.parameters())
     pipe.unet.requires_grad_(False)
+
+
+def test_half_precision_path_runs_and_tracks_float32(photo):
+    """bfloat16 weights (the dtype plumbing GPU users get with float16): finite, and close to float32."""
+    from hdpainter.inpaint import HDPainterPipeline
+    from hdpainter.testing import make_inpaint_components
+
+    pipes = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        pipes[dtype] = HDPainterPipeline(**make_inpaint_components("sd2", seed=5), requires_safety_checker=False).to(dtype=dtype)
+        pipes[dtype].set_progress_bar_config(disable=True)
+    outs = {d: run(p, photo, method="painta+rasg", num_inference_steps=3, rasg_eta=1.0, rasg_sigma="paper", output_type="np")
+            for d, p in pipes.items()}
+    assert np.isfinite(outs[torch.bfloat16]).all()
+    assert np.abs(outs[torch.bfloat16] - outs[torch.float32]).mean() < 0.05

@@ -146,14 +146,76 @@ def save_inpaint_model(directory: str | Path, family: str = "sd2", seed: int = 0
     return directory
 
 
+def make_upscaler_components(seed: int = 0) -> dict:
+    """Components of a tiny ×4 upscaler shaped like stabilityai/stable-diffusion-x4-upscaler: a ×4 VAE
+    (scaling 0.08333), a 7-channel UNet (latents + low-res RGB) with a noise-level class embedding,
+    v-prediction DDIM, and the DDPM low-res noise scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = make_tokenizer("sd2")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        use_linear_projection=True,
+        num_class_embeds=1000,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=0.08333,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_act="gelu", projection_dim=32,
+        )
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                low_res_scheduler=low_res_scheduler, max_noise_level=350)
+
+
+def save_upscaler_model(directory: str | Path, seed: int = 0) -> Path:
+    """Write a tiny ×4 upscaler as a diffusers folder loadable by `StableDiffusionUpscalePipeline.from_pretrained`."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    directory = Path(directory)
+    StableDiffusionUpscalePipeline(**make_upscaler_components(seed)).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hdpainter.testing", description=__doc__.splitlines()[0])
-    parser.add_argument("directory", help="where to write the model folders (DIR/inpaint)")
+    parser.add_argument("directory", help="where to write the model folders (DIR/inpaint, DIR/upscaler)")
     parser.add_argument("--family", choices=("sd1", "sd2"), default="sd2", help="tokenizer/UNet flavour")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = save_inpaint_model(Path(args.directory) / "inpaint", args.family, args.seed)
     print(f"tiny inpainting model written to {path}")
+    path = save_upscaler_model(Path(args.directory) / "upscaler", args.seed)
+    print(f"tiny x4 upscaler written to {path}")
     return 0
 
 

@@ -1,0 +1,50 @@
+"""Stage 2's blending (paper §3.5 Eq. 10 and the final Poisson blend; METHOD.md §5-6).
+
+Building blocks for the inpainting-specialised super-resolution: `latent_blend` runs on tensors at
+every upscaler step; `poisson_blend` runs once on uint8 images (OpenCV's seamlessClone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+POISSON_PAD = 32  # reflect padding around the image before seamlessClone (the reference's)
+POISSON_DILATION = 48  # side of the square kernel the mask is dilated with (the reference's, at 2048 px)
+
+
+def latent_blend(x0: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: X̂0 ← m · X̂0 + (1 − m) · E(I_hr); `mask` (B, 1, h, w) is 1 where the model paints."""
+    mask = mask.to(x0.dtype)
+    return mask * x0 + (1.0 - mask) * known.to(x0.dtype)
+
+
+def poisson_blend(
+    original: np.ndarray, generated: np.ndarray, mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION
+) -> np.ndarray:
+    """Blend `generated` into `original` (both (H, W, 3) uint8) where `mask` (H, W, bool) is set, seamlessly.
+
+    As the reference: both images reflect-padded by `pad`, the original's padded border replaced by the
+    generated image's, the mask dilated by a `dilation`×`dilation` square, NORMAL_CLONE centred on the
+    dilated mask's bounding box. Pixels outside the dilated mask keep the original's values.
+    """
+    import cv2
+
+    if original.shape != generated.shape or original.shape[:2] != mask.shape:
+        raise ValueError(f"shapes differ: original {original.shape}, generated {generated.shape}, mask {mask.shape}")
+    if not mask.any():
+        return original.copy()
+    widths = ((pad, pad), (pad, pad), (0, 0))
+    fake = np.pad(generated, widths, mode="reflect")
+    base = np.pad(original, widths, mode="reflect")
+    border = np.ones(base.shape[:2], bool)
+    border[pad:-pad, pad:-pad] = False
+    base[border] = fake[border]
+    region = cv2.dilate(np.pad(mask, pad).astype(np.uint8) * 255, np.ones((dilation, dilation), np.uint8))
+    x, y, w, h = cv2.boundingRect(region)
+    # seamlessClone may write into its mask argument (seen with OpenCV 5.0): hand it a copy
+    out = cv2.seamlessClone(fake, base, region.copy(), (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
+    out = out[pad:-pad, pad:-pad]
+    keep = region[pad:-pad, pad:-pad] == 0
+    out[keep] = original[keep]  # OpenCV may touch a pixel at the clone's edge: outside the region stays exact
+    return out

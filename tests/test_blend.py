@@ -1,0 +1,69 @@
+"""Stage 2's blending building blocks: Eq. 10 and the Poisson blend."""
+
+import numpy as np
+import pytest
+import torch
+
+from hdpainter.core.blend import latent_blend, poisson_blend
+
+
+def test_latent_blend_is_eq10():
+    g = torch.Generator().manual_seed(0)
+    x0, known = torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 4, 6, 6, generator=g)
+    mask = torch.rand(2, 1, 6, 6, generator=g)  # soft (blurred) masks are allowed
+    expected = mask * x0 + (1 - mask) * known
+    torch.testing.assert_close(latent_blend(x0, known, mask), expected)
+    binary = (mask > 0.5).float()
+    out = latent_blend(x0, known, binary)
+    assert torch.equal(out[binary.expand_as(out) == 0], known[binary.expand_as(out) == 0])
+
+
+def scene():
+    """A smooth photo-like gradient and a generated patch whose colour is off by a constant."""
+    h, w = 160, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    original = np.stack([60 + 0.5 * xx, 80 + 0.4 * yy, 120 + 0.2 * (xx + yy)], -1).clip(0, 255).astype(np.uint8)
+    generated = (original.astype(int) + 40).clip(0, 255).astype(np.uint8)
+    generated[70:90, 90:110] = [200, 30, 30]  # the new object
+    mask = np.zeros((h, w), bool)
+    mask[60:100, 80:120] = True
+    return original, generated, mask
+
+
+def boundary_jump(image, mask):
+    """Mean absolute colour step across the mask's outline (inside pixel vs outside neighbour)."""
+    img = image.astype(float)
+    jumps = []
+    ys, xs = np.nonzero(mask)
+    for y, x in zip(ys, xs):
+        for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+            yy, xx = y + dy, x + dx
+            if 0 <= yy < mask.shape[0] and 0 <= xx < mask.shape[1] and not mask[yy, xx]:
+                jumps.append(np.abs(img[y, x] - img[yy, xx]).mean())
+    return float(np.mean(jumps))
+
+
+def test_poisson_blend_is_seamless_and_leaves_the_outside_alone():
+    original, generated, mask = scene()
+    pasted = np.where(mask[..., None], generated, original)
+    blended = poisson_blend(original, generated, mask, pad=8, dilation=9)
+    region = np.zeros_like(mask)
+    region[60 - 4 : 100 + 4, 80 - 4 : 120 + 4] = True  # the mask (rows 60..99, cols 80..119) dilated by the 9x9 square
+    assert np.array_equal(blended[~region], original[~region])
+    # plain pasting leaves a 40-level step at the outline; Poisson blending removes most of it
+    assert boundary_jump(pasted, mask) > 30
+    assert boundary_jump(blended, region) < 0.25 * boundary_jump(pasted, mask)
+    # the new object survives (its gradients are kept): red stays far above green inside it
+    patch = blended[75:85, 95:105].astype(int)
+    assert (patch[..., 0] - patch[..., 1]).mean() > 100
+
+
+def test_poisson_blend_edge_cases():
+    original, generated, _ = scene()
+    assert np.array_equal(poisson_blend(original, generated, np.zeros(original.shape[:2], bool)), original)
+    border_mask = np.zeros(original.shape[:2], bool)
+    border_mask[:30, :40] = True  # touching the image border
+    out = poisson_blend(original, generated, border_mask, pad=8, dilation=9)
+    assert out.shape == original.shape and np.array_equal(out[60:, 60:], original[60:, 60:])
+    with pytest.raises(ValueError, match="shapes differ"):
+        poisson_blend(original, generated[:10], border_mask)

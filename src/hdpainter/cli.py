@@ -19,7 +19,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 def _parser() -> argparse.ArgumentParser:
     from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="hdpainter", description="Prompt-faithful text-guided inpainting (HD-Painter).")
+    parser.add_argument("--version", action="version", version=f"hdpainter {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("inpaint", help="fill the masked region of an image with what the prompt asks for")
     p.add_argument("--image", required=True, help="input image (any format Pillow reads)")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdpainter.core.blend import latent_blend, poisson_blend
+from hdpainter.core.blend import blend_region, latent_blend, poisson_blend
 
 
 def test_latent_blend_is_eq10():
@@ -43,13 +43,24 @@ def boundary_jump(image, mask):
     return float(np.mean(jumps))
 
 
+def outside(box, shape):
+    x0, y0, x1, y1 = box
+    keep = np.ones(shape, bool)
+    keep[y0:y1, x0:x1] = False
+    return keep
+
+
 def test_poisson_blend_is_seamless_and_leaves_the_outside_alone():
     original, generated, mask = scene()
     pasted = np.where(mask[..., None], generated, original)
     blended = poisson_blend(original, generated, mask, pad=8, dilation=9)
     region = np.zeros_like(mask)
     region[60 - 4 : 100 + 4, 80 - 4 : 120 + 4] = True  # the mask (rows 60..99, cols 80..119) dilated by the 9x9 square
-    assert np.array_equal(blended[~region], original[~region])
+    box = blend_region(mask, pad=8, dilation=9)
+    assert box == (76, 56, 124, 104)
+    far = outside(box, mask.shape)
+    assert np.array_equal(blended[far], original[far])
+    assert not np.array_equal(blended[~far], original[~far])
     # plain pasting leaves a 40-level step at the outline; Poisson blending removes most of it
     assert boundary_jump(pasted, mask) > 30
     assert boundary_jump(blended, region) < 0.25 * boundary_jump(pasted, mask)
@@ -58,12 +69,22 @@ def test_poisson_blend_is_seamless_and_leaves_the_outside_alone():
     assert (patch[..., 0] - patch[..., 1]).mean() > 100
 
 
+def test_poisson_blend_accepts_every_mask_encoding():
+    original, generated, mask = scene()
+    expected = poisson_blend(original, generated, mask, pad=8, dilation=9)
+    for encoded in (mask.astype(np.uint8), mask.astype(np.uint8) * 255, mask.astype(np.float32)):
+        assert np.array_equal(poisson_blend(original, generated, encoded, pad=8, dilation=9), expected)
+
+
 def test_poisson_blend_edge_cases():
     original, generated, _ = scene()
     assert np.array_equal(poisson_blend(original, generated, np.zeros(original.shape[:2], bool)), original)
     border_mask = np.zeros(original.shape[:2], bool)
     border_mask[:30, :40] = True  # touching the image border
     out = poisson_blend(original, generated, border_mask, pad=8, dilation=9)
-    assert out.shape == original.shape and np.array_equal(out[60:, 60:], original[60:, 60:])
+    far = outside(blend_region(border_mask, pad=8, dilation=9), border_mask.shape)
+    assert out.shape == original.shape and np.array_equal(out[far], original[far])
+    # at the border the generated image is the boundary condition: the corner takes its (brighter) colours
+    assert np.abs(out[:5, :5].astype(int) - generated[:5, :5].astype(int)).mean() < 3
     with pytest.raises(ValueError, match="shapes differ"):
         poisson_blend(original, generated[:10], border_mask)

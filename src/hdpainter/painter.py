@@ -43,8 +43,8 @@ class InpaintRequest:
 def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
     """Bring a working-resolution result to the original's size and paste it through a feathered mask.
 
-    The mask is grown by about one working-resolution pixel (stage 1 dilates by one) and feathered over
-    as much again, so pixels farther than that from the mask are exactly the original's.
+    The mask is grown by about two working-resolution pixels (stage 1 dilates by one) and feathered inside
+    that margin, so pixels farther than that from the mask are exactly the original's.
     """
     import cv2
 

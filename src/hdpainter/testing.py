@@ -168,6 +168,7 @@ def make_upscaler_components(seed: int = 0) -> dict:
         attention_head_dim=4,
         use_linear_projection=True,
         num_class_embeds=1000,
+        only_cross_attention=(True, True, True, False),  # no self-attention above the lowest level, as the real one
         norm_num_groups=8,
     )
     vae = AutoencoderKL(
@@ -188,9 +189,10 @@ def make_upscaler_components(seed: int = 0) -> dict:
             pad_token_id=tokenizer.pad_token_id, hidden_act="gelu", projection_dim=32,
         )
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    # the upscaler's LDM "linear" schedule (β 1e-4 … 2e-2 on a square-root scale) for both schedulers
+    scheduler = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
-    low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
+    low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False)
     for module in (unet, vae, text_encoder):
         module.eval()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,

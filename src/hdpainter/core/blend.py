@@ -22,17 +22,19 @@ def latent_blend(x0: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> t
 def poisson_blend(
     original: np.ndarray, generated: np.ndarray, mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION
 ) -> np.ndarray:
-    """Blend `generated` into `original` (both (H, W, 3) uint8) where `mask` (H, W, bool) is set, seamlessly.
+    """Blend `generated` into `original` (both (H, W, 3) uint8) where `mask` (H, W; bool, 0/1 or 0/255) is set.
 
-    As the reference: both images reflect-padded by `pad`, the original's padded border replaced by the
-    generated image's, the mask dilated by a `dilation`×`dilation` square, NORMAL_CLONE centred on the
-    dilated mask's bounding box. Pixels outside the dilated mask keep the original's values.
+    The reference's recipe: both images reflect-padded by `pad`, the original's padded border replaced
+    by the generated image's, the mask dilated by a `dilation`×`dilation` square, NORMAL_CLONE centred
+    on the dilated mask's bounding box. OpenCV solves on that bounding box, so pixels outside it (the
+    blend region) keep the original's values exactly; inside it but outside the dilated mask they may
+    move by a few levels, as in the reference.
     """
     import cv2
 
     if original.shape != generated.shape or original.shape[:2] != mask.shape:
         raise ValueError(f"shapes differ: original {original.shape}, generated {generated.shape}, mask {mask.shape}")
-    if not mask.any():
+    if not np.any(mask):
         return original.copy()
     widths = ((pad, pad), (pad, pad), (0, 0))
     fake = np.pad(generated, widths, mode="reflect")
@@ -40,11 +42,19 @@ def poisson_blend(
     border = np.ones(base.shape[:2], bool)
     border[pad:-pad, pad:-pad] = False
     base[border] = fake[border]
-    region = cv2.dilate(np.pad(mask, pad).astype(np.uint8) * 255, np.ones((dilation, dilation), np.uint8))
+    binary = np.where(np.pad(np.asarray(mask), pad) > 0, 255, 0).astype(np.uint8)
+    region = cv2.dilate(binary, np.ones((dilation, dilation), np.uint8))
     x, y, w, h = cv2.boundingRect(region)
     # seamlessClone may write into its mask argument (seen with OpenCV 5.0): hand it a copy
     out = cv2.seamlessClone(fake, base, region.copy(), (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
-    out = out[pad:-pad, pad:-pad]
-    keep = region[pad:-pad, pad:-pad] == 0
-    out[keep] = original[keep]  # OpenCV may touch a pixel at the clone's edge: outside the region stays exact
-    return out
+    return out[pad:-pad, pad:-pad]
+
+
+def blend_region(mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive, of what `poisson_blend` may change: the dilated mask's bounding box."""
+    import cv2
+
+    binary = np.where(np.pad(np.asarray(mask), pad) > 0, 255, 0).astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(cv2.dilate(binary, np.ones((dilation, dilation), np.uint8)))
+    height, width = np.asarray(mask).shape
+    return max(x - pad, 0), max(y - pad, 0), min(x + w - pad, width), min(y + h - pad, height)

@@ -79,11 +79,23 @@ def make_tokenizer(family: str = "sd2"):
         return CLIPTokenizer.from_pretrained(folder, pad_token=pad, model_max_length=77)
 
 
+def tiny_text_encoder(tokenizer, activation: str):
+    """A 2-layer CLIP text encoder (width 32) over `tokenizer`'s vocabulary; SD 1.x uses quick_gelu, SD 2 gelu."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_act=activation, projection_dim=32,
+        )
+    )
+
+
 def make_inpaint_components(family: str = "sd2", seed: int = 0) -> dict:
     """Components of a tiny 9-channel SD inpainting pipeline, random weights from `seed`."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = make_tokenizer(family)
     torch.manual_seed(seed)
@@ -111,21 +123,7 @@ def make_inpaint_components(family: str = "sd2", seed: int = 0) -> dict:
         norm_num_groups=8,
         sample_size=64,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_act="gelu" if family == "sd2" else "quick_gelu",
-            projection_dim=32,
-        )
-    )
+    text_encoder = tiny_text_encoder(tokenizer, "gelu" if family == "sd2" else "quick_gelu")
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
@@ -152,7 +150,6 @@ def make_upscaler_components(seed: int = 0) -> dict:
     v-prediction DDIM, and the DDPM low-res noise scheduler."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = make_tokenizer("sd2")
     torch.manual_seed(seed)
@@ -182,13 +179,7 @@ def make_upscaler_components(seed: int = 0) -> dict:
         norm_num_groups=8,
         scaling_factor=0.08333,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, hidden_act="gelu", projection_dim=32,
-        )
-    )
+    text_encoder = tiny_text_encoder(tokenizer, "gelu")
     # the upscaler's LDM "linear" schedule (β 1e-4 … 2e-2 on a square-root scale) for both schedulers
     scheduler = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")

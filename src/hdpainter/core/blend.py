@@ -42,8 +42,7 @@ def poisson_blend(
     border = np.ones(base.shape[:2], bool)
     border[pad:-pad, pad:-pad] = False
     base[border] = fake[border]
-    binary = np.where(np.pad(np.asarray(mask), pad) > 0, 255, 0).astype(np.uint8)
-    region = cv2.dilate(binary, np.ones((dilation, dilation), np.uint8))
+    region = _dilated_region(mask, pad, dilation)
     x, y, w, h = cv2.boundingRect(region)
     # seamlessClone may write into its mask argument (seen with OpenCV 5.0): hand it a copy
     out = cv2.seamlessClone(fake, base, region.copy(), (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
@@ -54,7 +53,14 @@ def blend_region(mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISS
     """(x0, y0, x1, y1), exclusive, of what `poisson_blend` may change: the dilated mask's bounding box."""
     import cv2
 
-    binary = np.where(np.pad(np.asarray(mask), pad) > 0, 255, 0).astype(np.uint8)
-    x, y, w, h = cv2.boundingRect(cv2.dilate(binary, np.ones((dilation, dilation), np.uint8)))
+    x, y, w, h = cv2.boundingRect(_dilated_region(mask, pad, dilation))
     height, width = np.asarray(mask).shape
     return max(x - pad, 0), max(y - pad, 0), min(x + w - pad, width), min(y + h - pad, height)
+
+
+def _dilated_region(mask: np.ndarray, pad: int, dilation: int) -> np.ndarray:
+    """The mask (any encoding; non-zero = set), zero-padded by `pad`, dilated by a square: 0/255 uint8."""
+    import cv2
+
+    binary = np.where(np.pad(np.asarray(mask), pad) > 0, 255, 0).astype(np.uint8)
+    return cv2.dilate(binary, np.ones((dilation, dilation), np.uint8))

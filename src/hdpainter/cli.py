@@ -10,15 +10,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .defaults import SEED_STRIDE
+from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
 from .errors import HDPainterError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
-
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="hdpainter", description="Prompt-faithful text-guided inpainting (HD-Painter).")

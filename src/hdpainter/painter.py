@@ -80,9 +80,7 @@ class HDPainter:
         """Inpaint `mask` (white = fill) of `image`; returns `request.num_samples` images of the input's size."""
         import torch
 
-        image, mask = imgs.to_rgb(image), imgs.to_mask(mask)
-        if image.size != mask.size:
-            raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+        image, mask = imgs.to_rgb(image), imgs.to_mask(mask)  # sizes are checked by the pipeline (images.prepare)
         if request.num_samples < 1:
             raise HDPainterError(f"num_samples must be at least 1, got {request.num_samples}")
         generators = [torch.Generator("cpu").manual_seed(request.seed + k * SEED_STRIDE) for k in range(request.num_samples)]

@@ -13,6 +13,10 @@ INPAINT_MODELS = {
     "ds8": "Lykon/dreamshaper-8-inpainting",  # the reference code's default
 }
 DEFAULT_INPAINT_MODEL = "sd2"
+UPSCALER_MODELS = {
+    "x4": "stabilityai/stable-diffusion-x4-upscaler",  # the paper's stage-2 model
+}
+DEFAULT_UPSCALER = "x4"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -61,34 +65,63 @@ def default_device_and_dtype(device=None, dtype=None):
 
 def load_inpaint_pipeline(name: str = DEFAULT_INPAINT_MODEL, device=None, dtype=None, local_files_only: bool = False):
     """Load an HDPainterPipeline from a short name, hub id, local folder or single checkpoint file."""
-    import torch
-
     from .inpaint import HDPainterPipeline
 
-    source = resolve(name)
-    kwargs = dict(safety_checker=None, requires_safety_checker=False, local_files_only=local_files_only)
+    pipe = _load(HDPainterPipeline, name, resolve(name), dtype, local_files_only,
+                 safety_checker=None, requires_safety_checker=False)
+    if pipe.unet.config.in_channels != 9:
+        raise HDPainterError(f"{name} is not an inpainting model: its UNet takes {pipe.unet.config.in_channels} channels, not 9")
+    return _ready(pipe, device)
+
+
+def load_upscale_pipeline(name: str = DEFAULT_UPSCALER, device=None, dtype=None, local_files_only: bool = False):
+    """Load an HDUpscalePipeline (a diffusers ×4 upscaler) from a short name, hub id or local folder.
+
+    In float16 the VAE stays in float32, as diffusers' upscale pipeline upcasts it (it overflows in float16).
+    """
+    import torch
+
+    from .upscale import HDUpscalePipeline
+
+    source = resolve(name, UPSCALER_MODELS)
+    if source.endswith(SINGLE_FILE_SUFFIXES):
+        raise HDPainterError(f"{name}: the upscaler must be a diffusers folder or hub id, not a single checkpoint file")
+    pipe = _load(HDUpscalePipeline, name, source, dtype, local_files_only, "--upscaler")
+    channels = pipe.vae.config.latent_channels + 3
+    if pipe.unet.config.in_channels != channels or getattr(pipe, "low_res_scheduler", None) is None:
+        raise HDPainterError(f"{name} is not a ×4 upscaler like {UPSCALER_MODELS[DEFAULT_UPSCALER]} "
+                             f"(its UNet takes {pipe.unet.config.in_channels} channels, not {channels})")
+    if dtype == torch.float16 and pipe.vae.config.get("force_upcast", True):
+        pipe.vae.to(torch.float32)
+    return _ready(pipe, device)
+
+
+def _load(cls, name: str, source: str, dtype, local_files_only: bool, flag: str = "--model", **extra):
+    kwargs = dict(local_files_only=local_files_only, **extra)
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:
         if source.endswith(SINGLE_FILE_SUFFIXES):
-            pipe = HDPainterPipeline.from_single_file(source, **kwargs)
-        else:
-            pipe = HDPainterPipeline.from_pretrained(source, **kwargs)
+            return cls.from_single_file(source, **kwargs)
+        return cls.from_pretrained(source, **kwargs)
     except HDPainterError:
         raise
     except Exception as exc:  # hub, network and format errors all end here with one clear line
-        raise HDPainterError(_load_error(name, source, exc)) from exc
-    if pipe.unet.config.in_channels != 9:
-        raise HDPainterError(f"{name} is not an inpainting model: its UNet takes {pipe.unet.config.in_channels} channels, not 9")
-    pipe.unet.requires_grad_(False)
-    pipe.vae.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
+        raise HDPainterError(_load_error(name, source, exc, flag)) from exc
+
+
+def _ready(pipe, device):
+    """Weights frozen (nothing here trains), on `device` unless None (cpu offload places them itself)."""
+    import torch
+
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
     if device is not None:
         pipe.to(torch.device(device))
     return pipe
 
 
-def _load_error(name: str, source: str, exc: Exception) -> str:
+def _load_error(name: str, source: str, exc: Exception, flag: str = "--model") -> str:
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if os.path.exists(source):
@@ -96,7 +129,7 @@ def _load_error(name: str, source: str, exc: Exception) -> str:
     unreachable = any(word in text for word in ("LocalEntryNotFound", "offline", "connect", "Connection", "resolve", "timed out", "cannot find the requested files"))
     if offline or unreachable:
         return (f"model {name!r} ({source}) is not in the local cache and cannot be downloaded (offline?): "
-                "download it on a connected machine or pass a local folder with --model DIR")
+                f"download it on a connected machine or pass a local folder with {flag} DIR")
     if "RepositoryNotFound" in text or "404" in text or "not a valid model identifier" in text:
-        return f"model {name!r} not found on the hub: check the id, or pass a local folder with --model DIR"
+        return f"model {name!r} not found on the hub: check the id, or pass a local folder with {flag} DIR"
     return f"cannot load model {name!r}: {text[:300]}"

@@ -1,22 +1,28 @@
 """HDPainter: the whole method behind one call, at the photo's own size.
 
-Stage 1 (HDPainterPipeline) runs at the working resolution; its result is brought back to the
-original size and composited so that pixels away from the mask are the input's own. Stage 2 (the
-inpainting-specialised super-resolution and Poisson blending) plugs in here.
+Stage 1 (HDPainterPipeline) runs at the working resolution (long side 512). Stage 2 lifts its result
+to the original's size: for originals larger than the working size, the inpainting-specialised ×4
+upscaler (hdpainter.upscale) on a box around the mask, then a resize to the original's own size;
+otherwise a bicubic resize. The result is Poisson blended into the original (METHOD §6) on a window
+around the mask, so pixels outside the blend region are the input's, byte for byte.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import PIL.Image
 
 from . import images as imgs
+from .core.blend import POISSON_DILATION, POISSON_PAD, blend_region, poisson_blend
 from .errors import HDPainterError
 from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
 
+REFERENCE_SIZE = 2048  # the long side at which the reference blends (its fixed output size)
+WINDOW_MARGIN = 4  # pixels kept around the Poisson blend region in the window it is solved on
 
 
 @dataclass
@@ -33,7 +39,14 @@ class InpaintRequest:
     positive_prompt: str = REFERENCE_POSITIVE_PROMPT
     seed: int = 1
     num_samples: int = 1
-    upscale: bool = False
+    working_size: int = imgs.WORKING_SIZE  # long side of stage 1's resolution; stage 2 lifts it ×4
+    upscale: bool = True  # stage 2 and Poisson blending; False: bicubic resize and a feathered paste (fast preview)
+    sr_method: str = "specialized"  # "specialized" (Eq. 10), "baseline" (plain ×4 SR) or "bicubic" (no diffusion)
+    sr_steps: int = 20
+    sr_region: str = "crop"  # "crop": diffuse a box around the mask; "whole": the whole image, as the reference
+    sr_context: int = 128  # high-res pixels of context around the mask in "crop" mode
+    blend_dilation: int | None = None  # Poisson blend's dilation in output pixels; None: 48 per 2048 of the long side
+    blend_pad: int = POISSON_PAD
     extra: dict = field(default_factory=dict)  # recorded alongside (model name, …)
 
     def metadata(self) -> dict:
@@ -61,30 +74,135 @@ def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.I
     return PIL.Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
+
+
+def blend_dilation(size: tuple[int, int], dilation: int | None) -> int:
+    """The Poisson blend's dilation for an output of `size`: the reference's 48 px at 2048, scaled; or as given."""
+    if dilation is not None:
+        if dilation < 1:
+            raise HDPainterError(f"blend_dilation must be at least 1, got {dilation}")
+        return dilation
+    return max(1, round(POISSON_DILATION * max(size) / REFERENCE_SIZE))
+
+
+def blend_window(mask: np.ndarray, pad: int, dilation: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the Poisson blend region grown by WINDOW_MARGIN; solving on it equals solving on the whole image."""
+    height, width = mask.shape
+    x0, y0, x1, y1 = blend_region(mask, pad, dilation)
+    m = WINDOW_MARGIN
+    return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, width), min(y1 + m, height)
+
+
+def resize_window(source: PIL.Image.Image, offset: tuple[float, float], scale: tuple[float, float],
+                  window: tuple[int, int, int, int]) -> PIL.Image.Image:
+    """The pixels of `window` (output coordinates) of `source` resized (bicubic) by `scale` = output/source,
+    `source` lying at `offset` (source pixels) of the whole: equal to cutting `window` out of the whole resize."""
+    x0, y0, x1, y1 = window
+    sx, sy = scale
+    box = (x0 / sx - offset[0], y0 / sy - offset[1], x1 / sx - offset[0], y1 / sy - offset[1])
+    return source.resize((x1 - x0, y1 - y0), resample=PIL.Image.BICUBIC, box=box)
+
+
+def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, request: InpaintRequest,
+           upscaler=None, generator=None, sr_config=None) -> PIL.Image.Image:
+    """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size."""
+    from .upscale import SR_METHODS, SR_SCALE, SRConfig, super_resolve
+
+    if request.sr_method not in SR_METHODS:
+        raise HDPainterError(f"sr_method must be one of {', '.join(SR_METHODS)}; got {request.sr_method!r}")
+    binary = np.asarray(mask.convert("L")) > 0
+    dilation = blend_dilation(original.size, request.blend_dilation)
+    if request.blend_pad < 1:
+        raise HDPainterError(f"blend_pad must be at least 1, got {request.blend_pad}")
+    window = blend_window(binary, request.blend_pad, dilation)
+    width, height = original.size
+    if request.sr_method != "bicubic" and max(original.size) > max(low_res.size):
+        if upscaler is None:
+            raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
+        config = sr_config or SRConfig(method=request.sr_method, num_inference_steps=request.sr_steps,
+                                       region=request.sr_region, context=request.sr_context)
+        hr_w, hr_h = SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1]
+        sx, sy = width / hr_w, height / hr_h
+        support = math.ceil(2 * max(1.0, 1.0 / min(sx, sy))) + 1  # bicubic taps of the final resize
+        needed = (math.floor(window[0] / sx) - support, math.floor(window[1] / sy) - support,
+                  math.ceil(window[2] / sx) + support, math.ceil(window[3] / sy) + support)
+        needed = (max(needed[0], 0), max(needed[1], 0), min(needed[2], hr_w), min(needed[3], hr_h))
+        patch = super_resolve(upscaler, original, mask, low_res, request.prompt, config, generator, needed)
+        source = PIL.Image.fromarray(patch.pixels)
+        generated = resize_window(source, patch.box[:2], (sx, sy), window)
+    else:
+        generated = resize_window(low_res, (0, 0), (width / low_res.size[0], height / low_res.size[1]), window)
+    x0, y0, x1, y1 = window
+    base = np.array(original.convert("RGB"))
+    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], np.asarray(generated), binary[y0:y1, x0:x1],
+                                       request.blend_pad, dilation)
+    return PIL.Image.fromarray(base)
+
+
 class HDPainter:
     """Load once, inpaint many: `HDPainter.from_pretrained("sd2")(image, mask, InpaintRequest("a boat"))`."""
 
-    def __init__(self, pipeline, model_name: str = "custom"):
+    def __init__(self, pipeline, upscaler=None, model_name: str = "custom", upscaler_name: str | None = None):
         self.pipeline = pipeline
+        self.upscaler = upscaler
         self.model_name = model_name
+        self.upscaler_name = upscaler_name
 
     @classmethod
-    def from_pretrained(cls, model: str = "sd2", device=None, dtype=None, local_files_only: bool = False) -> "HDPainter":
-        """Load `model` onto `device` (default: the best available) in `dtype` (default: float16 on CUDA)."""
-        from .models import default_device_and_dtype, load_inpaint_pipeline
+    def from_pretrained(
+        cls,
+        model: str = "sd2",
+        upscaler: str | None = "x4",
+        device=None,
+        dtype=None,
+        local_files_only: bool = False,
+        cpu_offload: bool = False,
+        attention_slicing: bool = False,
+        vae_tiling: bool = False,
+    ) -> "HDPainter":
+        """Load `model` and `upscaler` (None: no stage-2 diffusion) onto `device` (default: the best available)
+        in `dtype` (default: float16 on CUDA). `cpu_offload` keeps each model on the CPU until it runs (needs
+        a GPU; accelerate's model offload); `attention_slicing` and `vae_tiling` trade speed for memory."""
+        from .models import default_device_and_dtype, load_inpaint_pipeline, load_upscale_pipeline
 
         device, dtype = default_device_and_dtype(device, dtype)
-        return cls(load_inpaint_pipeline(model, device=device, dtype=dtype, local_files_only=local_files_only), model)
+        if cpu_offload and device.type != "cuda":
+            raise HDPainterError("cpu offload moves models to a GPU as they run: it needs a CUDA device")
+        load_device = None if cpu_offload else device
+        pipeline = load_inpaint_pipeline(model, device=load_device, dtype=dtype, local_files_only=local_files_only)
+        sr = None
+        if upscaler is not None:
+            sr = load_upscale_pipeline(upscaler, device=load_device, dtype=dtype, local_files_only=local_files_only)
+        for pipe in (pipeline, sr):
+            if pipe is None:
+                continue
+            if cpu_offload:
+                pipe.enable_model_cpu_offload(device=device)
+            if attention_slicing:
+                pipe.enable_attention_slicing()
+            if vae_tiling:
+                pipe.vae.enable_tiling()
+        return cls(pipeline, sr, model, upscaler)
 
-    def __call__(self, image: PIL.Image.Image, mask: PIL.Image.Image, request: InpaintRequest, progress: bool = True) -> list[PIL.Image.Image]:
-        """Inpaint `mask` (white = fill) of `image`; returns `request.num_samples` images of the input's size."""
+    def __call__(self, image, mask, request: InpaintRequest, progress: bool = True) -> list[PIL.Image.Image]:
+        """Inpaint `mask` (white = fill) of `image`; returns `request.num_samples` images of the input's size.
+
+        An empty mask returns the input unchanged (with a warning): there is nothing to paint.
+        """
         import torch
 
-        image, mask = imgs.to_rgb(image), imgs.to_mask(mask)  # sizes are checked by the pipeline (images.prepare)
+        image, mask = imgs.to_rgb(imgs.as_pil(image, "image")), imgs.to_mask(imgs.as_pil(mask, "mask"))
         if request.num_samples < 1:
             raise HDPainterError(f"num_samples must be at least 1, got {request.num_samples}")
-        generators = [torch.Generator("cpu").manual_seed(request.seed + k * SEED_STRIDE) for k in range(request.num_samples)]
+        if image.size != mask.size:
+            raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+        if not np.any(np.asarray(mask)):
+            warnings.warn("the mask is empty: nothing to inpaint, the image is returned unchanged", stacklevel=2)
+            return [image.copy() for _ in range(request.num_samples)]
+        seeds = [request.seed + k * SEED_STRIDE for k in range(request.num_samples)]
         self.pipeline.set_progress_bar_config(disable=not progress)
+        if self.upscaler is not None:
+            self.upscaler.set_progress_bar_config(disable=not progress)
         result = self.pipeline(
             request.prompt,
             image,
@@ -97,6 +215,10 @@ class HDPainter:
             negative_prompt=request.negative_prompt,
             positive_prompt=request.positive_prompt,
             num_images_per_prompt=request.num_samples,
-            generator=generators,
+            working_size=request.working_size,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         ).images
-        return [composite(image, generated, mask) for generated in result]
+        if not request.upscale:
+            return [composite(image, generated, mask) for generated in result]
+        return [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed))
+                for generated, seed in zip(result, seeds)]

@@ -12,6 +12,14 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_upscaler_dir(tmp_path_factory):
+    """A tiny ×4 upscaler shaped like stabilityai/stable-diffusion-x4-upscaler, as a diffusers folder."""
+    from hdpainter.testing import save_upscaler_model
+
+    return save_upscaler_model(tmp_path_factory.mktemp("models") / "upscaler")
+
+
+@pytest.fixture(scope="session")
 def pipe(tiny_model_dir):
     from hdpainter.inpaint import HDPainterPipeline
 

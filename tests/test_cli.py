@@ -86,13 +86,14 @@ def corrupt(path):
         ("missing image", "image not found"),
         ("corrupt image", "cannot read image"),
         ("mask size", "must match"),
-        ("empty mask", "mask is empty"),
         ("full mask", "whole image"),
         ("unknown model", "unknown model 'nonsense'"),
         ("missing folder", "model path not found"),
         ("bad extension", "image format"),
         ("no output folder", "output folder does not exist"),
         ("too many steps", "--steps must be in 1..1000"),
+        ("bad working size", "working size must be a multiple of 8"),
+        ("unknown upscaler", "unknown model 'nonsense'"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, case, message):
@@ -103,8 +104,6 @@ def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, cas
         image = corrupt(files / "corrupt.png")
     elif case == "mask size":
         PIL.Image.new("L", (100, 80), 255).save(mask)
-    elif case == "empty mask":
-        PIL.Image.new("L", (256, 256), 0).save(mask)
     elif case == "full mask":
         PIL.Image.new("L", (256, 256), 255).save(mask)
     elif case == "unknown model":
@@ -116,6 +115,10 @@ def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, cas
     elif case == "no output folder":
         out = files / "missing" / "out.png"
     steps = ["--steps", "2000", "--device", "cpu"] if case == "too many steps" else STEPS
+    if case == "bad working size":
+        steps = [*steps, "--working-size", "100"]
+    if case == "unknown upscaler":
+        steps = [*steps, "--upscaler", "nonsense", "--working-size", "128"]  # 256 px > 128: stage 2 needs the upscaler
     code, stdout, err = run_cli(capsys, "inpaint", "--image", str(image), "--mask", str(mask), "--prompt", "a boat",
                                 "--output", str(out), "--model", model, *steps)
     assert code == 2
@@ -135,6 +138,50 @@ def test_offline_hub_model_suggests_a_local_folder(files):
     assert proc.stderr.startswith("hdpainter: error: model 'sd2' (stabilityai/stable-diffusion-2-inpainting) is not in the local cache")
     assert "--model DIR" in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not (files / "out.png").exists()
+
+
+def test_empty_mask_writes_the_input_unchanged_and_says_so(capsys, files):
+    PIL.Image.new("L", (256, 256), 0).save(files / "mask.png")
+    out = files / "out.png"
+    code, stdout, err = run_cli(capsys, "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
+                                "--prompt", "a boat", "--output", str(out), "--model", "nonsense-never-loaded")
+    assert code == 0 and "mask is empty" in err and stdout.split() == [str(out)]
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(files / "image.png")))
+
+
+def test_offline_upscaler_is_a_clear_error_before_any_work(files, tiny_model_dir):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(files / "hf-home"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hdpainter.cli", "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
+         "--prompt", "a boat", "--output", str(files / "out.png"), "--model", str(tiny_model_dir), "--working-size", "128",
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hdpainter: error: model 'x4' (stabilityai/stable-diffusion-x4-upscaler) is not in the local cache")
+    assert "--upscaler DIR" in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (files / "out.png").exists()
+
+
+def test_stage2_run_with_the_tiny_upscaler(capsys, files, tiny_model_dir, tiny_upscaler_dir):
+    """256 px photo at a 128 px working size: stage 1, ×4 specialised SR on a crop, resize to 256, Poisson blend."""
+    out = files / "out.png"
+    code, stdout, err = run_cli(capsys, "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
+                                "--prompt", "a boat", "--output", str(out), "--model", str(tiny_model_dir),
+                                "--upscaler", str(tiny_upscaler_dir), "--working-size", "128", "--sr-steps", "2", *STEPS)
+    assert code == 0, err
+    result = PIL.Image.open(out)
+    params = json.loads(result.info["parameters"])
+    assert params["sr_method"] == "specialized" and params["sr_steps"] == 2 and params["upscaler"] == str(tiny_upscaler_dir)
+    original, pixels = np.asarray(PIL.Image.open(files / "image.png")), np.asarray(result)
+    assert pixels.shape == original.shape
+    from hdpainter.core.blend import blend_region
+
+    x0, y0, x1, y1 = blend_region(np.asarray(PIL.Image.open(files / "mask.png")), 32, 6)  # 48 × 256 / 2048 = 6
+    outside = np.ones(original.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(pixels[outside], original[outside])
+    assert (pixels[70:170, 100:190] != original[70:170, 100:190]).any()
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -19,14 +19,12 @@ from hdpainter.upscale import (
 )
 
 
-@pytest.fixture(scope="module")
-def upscaler_dir(tmp_path_factory):
-    from hdpainter.testing import save_upscaler_model
-
-    return save_upscaler_model(tmp_path_factory.mktemp("models") / "upscaler")
+@pytest.fixture(scope="session")
+def upscaler_dir(tiny_upscaler_dir):
+    return tiny_upscaler_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sr(upscaler_dir):
     pipe = HDUpscalePipeline.from_pretrained(upscaler_dir)
     pipe.set_progress_bar_config(disable=True)

@@ -40,7 +40,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--positive-prompt", default=REFERENCE_POSITIVE_PROMPT, help="appended to the prompt; default: the reference's; '' for none")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
-    p.add_argument("--no-upscale", action="store_true", help="skip stage 2 (super-resolution); currently the only mode")
+    p.add_argument("--working-size", type=int, default=512, help="long side of stage 1's resolution (default 512, the reference's)")
+    sr = p.add_argument_group("stage 2 (super-resolution and blending; used when the image is larger than the working size)")
+    sr.add_argument("--no-upscale", action="store_true", help="skip stage 2: resize the stage-1 result and paste it (fast preview)")
+    sr.add_argument("--sr-method", default="specialized", choices=("specialized", "baseline", "bicubic"),
+                    help="specialized: ×4 upscaler with the known region blended in at every step (default); "
+                         "baseline: plain ×4 upscaler; bicubic: no diffusion")
+    sr.add_argument("--upscaler", default="x4", help="x4 (stabilityai/stable-diffusion-x4-upscaler, default), a hub id or a local diffusers folder")
+    sr.add_argument("--sr-steps", type=int, default=20, help="upscaler DDIM steps (default 20)")
+    sr.add_argument("--sr-region", default="crop", choices=("crop", "whole"),
+                    help="crop: super-resolve a box around the mask (default); whole: the whole image, as the reference")
+    sr.add_argument("--sr-context", type=int, default=128, help="pixels of context around the mask in crop mode, at 4× the working size (default 128)")
+    sr.add_argument("--blend-dilation", type=int, default=None, help="Poisson blend: mask dilation in output pixels (default: 48 per 2048 px of the long side)")
+    sr.add_argument("--blend-pad", type=int, default=32, help="Poisson blend: reflect padding around the image (default 32)")
+    mem = p.add_argument_group("memory")
+    mem.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (CUDA only; slower, much less GPU memory)")
+    mem.add_argument("--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)")
+    mem.add_argument("--vae-tiling", action="store_true", help="always encode/decode in tiles (stage 2 tiles regions above 1 MP anyway)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
     return parser
 
@@ -90,7 +106,7 @@ def image_format(path: Path) -> str:
 
 def inpaint(args: argparse.Namespace) -> int:
     from . import images
-    from .models import default_device_and_dtype
+    from .models import UPSCALER_MODELS, default_device_and_dtype, resolve
     from .painter import HDPainter, InpaintRequest
 
     outputs = output_paths(args.output, args.num_samples)
@@ -102,20 +118,40 @@ def inpaint(args: argparse.Namespace) -> int:
         raise HDPainterError("--num-samples must be at least 1")
     if not 1 <= args.steps <= 1000:
         raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
+    if args.sr_steps < 1 or args.sr_steps > 1000:
+        raise HDPainterError(f"--sr-steps must be in 1..1000, got {args.sr_steps}")
+    images.check_working_size(args.working_size)
     image = images.load_image(args.image)
     mask = images.load_mask(args.mask)
-    images.prepare(image, mask)  # all input checks before the (slow) model load
-    device, dtype = default_device_and_dtype(args.device, None if args.dtype == "auto" else args.dtype)
-    painter = HDPainter.from_pretrained(args.model, device=device, dtype=dtype, local_files_only=args.local_files_only)
     request = InpaintRequest(
         prompt=args.prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, negative_prompt=args.negative_prompt,
-        positive_prompt=args.positive_prompt, seed=args.seed, num_samples=args.num_samples, upscale=False,
+        positive_prompt=args.positive_prompt, seed=args.seed, num_samples=args.num_samples,
+        working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
+        sr_region=args.sr_region, sr_context=args.sr_context, blend_dilation=args.blend_dilation, blend_pad=args.blend_pad,
         extra={"model": args.model, "image": os.path.basename(args.image)},
     )
-    if not args.no_upscale and max(image.size) > images.WORKING_SIZE:
-        print("note: stage 2 (super-resolution) is not available yet; the stage-1 result is resized to the input's size",
-              file=sys.stderr)
+    if image.size != mask.size:
+        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+    if not any(mask.getextrema()):
+        print("note: the mask is empty: nothing to inpaint; the output is the input, unchanged", file=sys.stderr)
+        for path in outputs:
+            save_image(image, path, request.metadata() | {"unchanged": True})
+            print(path)
+        return 0
+    images.prepare(image, mask, args.working_size)  # all input checks before the (slow) model load
+    if args.blend_dilation is not None and args.blend_dilation < 1 or args.blend_pad < 1:
+        raise HDPainterError("--blend-dilation and --blend-pad must be at least 1")
+    if args.sr_context < 0:
+        raise HDPainterError(f"--sr-context must not be negative, got {args.sr_context}")
+    diffuse = request.upscale and request.sr_method != "bicubic" and max(image.size) > max(images.working_size(image.size, args.working_size))
+    if diffuse:
+        resolve(args.upscaler, UPSCALER_MODELS)  # an unknown name or missing folder fails before any loading
+        request.extra["upscaler"] = args.upscaler
+    device, dtype = default_device_and_dtype(args.device, None if args.dtype == "auto" else args.dtype)
+    painter = HDPainter.from_pretrained(args.model, upscaler=args.upscaler if diffuse else None, device=device, dtype=dtype,
+                                        local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
+                                        attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling)
     results = painter(image, mask, request)
     for k, (result, path) in enumerate(zip(results, outputs)):
         save_image(result, path, request.metadata() | {"seed": request.seed + SEED_STRIDE * k, "sample": k + 1})

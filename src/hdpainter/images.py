@@ -117,6 +117,12 @@ def as_pil(image, what: str) -> PIL.Image.Image:
     raise HDPainterError(f"{what}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
 
+def check_working_size(long_side: int) -> None:
+    """Stage 1 works on the VAE's ×8 grid, between 64 px and 2048 px on the long side."""
+    if long_side % 8 or not 64 <= long_side <= 2048:
+        raise HDPainterError(f"working size must be a multiple of 8 in 64..2048, got {long_side}")
+
+
 def working_size(size: tuple[int, int], long_side: int = WORKING_SIZE) -> tuple[int, int]:
     """The reference's resize target: long side `long_side`, short side truncated, (w, h)."""
     w, h = size

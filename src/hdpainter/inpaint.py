@@ -197,8 +197,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             raise HDPainterError(f"rasg_sigma must be one of {', '.join(RASG_SIGMAS)}; got {rasg_sigma!r}")
         if output_type not in OUTPUT_TYPES:
             raise HDPainterError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
-        if working_size % LATENT_FACTOR or not 64 <= working_size <= 2048:
-            raise HDPainterError(f"working_size must be a multiple of {LATENT_FACTOR} in 64..2048, got {working_size}")
+        imgs.check_working_size(working_size)
         if num_images_per_prompt < 1:
             raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
         if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:

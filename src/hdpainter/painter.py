@@ -169,10 +169,10 @@ class HDPainter:
         if cpu_offload and device.type != "cuda":
             raise HDPainterError("cpu offload moves models to a GPU as they run: it needs a CUDA device")
         load_device = None if cpu_offload else device
-        pipeline = load_inpaint_pipeline(model, device=load_device, dtype=dtype, local_files_only=local_files_only)
         sr = None
-        if upscaler is not None:
+        if upscaler is not None:  # first: the smaller download, and the one most often missing
             sr = load_upscale_pipeline(upscaler, device=load_device, dtype=dtype, local_files_only=local_files_only)
+        pipeline = load_inpaint_pipeline(model, device=load_device, dtype=dtype, local_files_only=local_files_only)
         for pipe in (pipeline, sr):
             if pipe is None:
                 continue

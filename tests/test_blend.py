@@ -88,3 +88,17 @@ def test_poisson_blend_edge_cases():
     assert np.abs(out[:5, :5].astype(int) - generated[:5, :5].astype(int)).mean() < 3
     with pytest.raises(ValueError, match="shapes differ"):
         poisson_blend(original, generated[:10], border_mask)
+
+
+@pytest.mark.parametrize("dilation", [1, 6, 9, 48])
+def test_blend_region_is_the_bounding_box_of_opencvs_dilation(dilation):
+    import cv2
+
+    rng = np.random.default_rng(dilation)
+    for _ in range(5):
+        mask = np.zeros((70, 90), np.uint8)
+        y, x = rng.integers(0, 60), rng.integers(0, 80)
+        mask[y : y + rng.integers(1, 10), x : x + rng.integers(1, 10)] = 255
+        dilated = cv2.dilate(mask, np.ones((dilation, dilation), np.uint8))
+        bx, by, bw, bh = cv2.boundingRect(dilated)
+        assert blend_region(mask, 32, dilation) == (bx, by, bx + bw, by + bh)

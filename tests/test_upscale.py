@@ -210,3 +210,15 @@ def test_specialized_keeps_the_known_latents_and_baseline_does_not(sr, scene):
         torch.testing.assert_close(x0_step[0][:, far], known[0][:, far])
     _, base_steps = results["baseline"]
     assert (base_steps[-1][0][:, far] - known[0][:, far]).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("setting, tiled", [(True, True), (False, False), (None, False)])
+def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(sr, scene, setting, tiled):
+    from unittest import mock
+
+    original, mask, low_res = scene
+    with mock.patch.object(sr.vae, "tiled_decode", wraps=sr.vae.tiled_decode) as spy:
+        super_resolve(sr, original, mask, low_res, "a ball", SRConfig(num_inference_steps=1, vae_tiling=setting),
+                      torch.Generator().manual_seed(0))
+    assert spy.called == tiled  # None: a 448x448 crop is under the 1 MP threshold
+    assert sr.vae.use_tiling is False

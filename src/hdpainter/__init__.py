@@ -1,7 +1,7 @@
 """hdpainter: prompt-faithful, high-resolution text-guided inpainting (HD-Painter, arXiv 2312.14091).
 
 Importing the package is cheap; the heavy classes load on first use:
-    from hdpainter import HDPainterPipeline, HDPainter, InpaintRequest
+    from hdpainter import HDPainter, InpaintRequest, HDPainterPipeline, HDUpscalePipeline
 """
 
 __version__ = "0.1.0"
@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "HDPainterPipeline": "hdpainter.inpaint",
     "GuidanceConfig": "hdpainter.inpaint",
+    "HDUpscalePipeline": "hdpainter.upscale",
+    "SRConfig": "hdpainter.upscale",
     "HDPainter": "hdpainter.painter",
     "InpaintRequest": "hdpainter.painter",
     "HDPainterError": "hdpainter.errors",

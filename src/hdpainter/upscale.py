@@ -289,25 +289,29 @@ def super_resolve(
     x0, y0, x1, y1 = box
     lx0, ly0, lx1, ly1 = (v // SR_SCALE for v in box)
 
-    tiling = config.vae_tiling if config.vae_tiling is not None else (x1 - x0) * (y1 - y0) > VAE_TILING_AUTO_PIXELS
-    (pipe.vae.enable_tiling if tiling else pipe.vae.disable_tiling)()
-    known = blend = None
-    if config.method == "specialized":
-        known = pipe.encode_known(to_unit_range(canvas.image[y0:y1, x0:x1]))
-        blend = torch.from_numpy(np.ascontiguousarray(canvas.blend_mask[ly0:ly1, lx0:lx1]))[None, None]
-    decoded = pipe(
-        f"{prompt}, {config.prompt_suffix}" if config.prompt_suffix else prompt,
-        to_unit_range(canvas.low_res[ly0:ly1, lx0:lx1]),
-        known,
-        blend,
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        noise_level=config.noise_level,
-        negative_prompt=config.negative_prompt,
-        latents=latents[:, :, ly0:ly1, lx0:lx1],
-        low_res_noise=low_res_noise[:, :, ly0:ly1, lx0:lx1],
-        callback_on_step_end=callback_on_step_end,
-    )
+    was_tiling = pipe.vae.use_tiling  # the pipeline's own setting (e.g. from HDPainter(vae_tiling=True)) is restored
+    tiling = config.vae_tiling if config.vae_tiling is not None else was_tiling or (x1 - x0) * (y1 - y0) > VAE_TILING_AUTO_PIXELS
+    pipe.vae.use_tiling = tiling
+    try:
+        known = blend = None
+        if config.method == "specialized":
+            known = pipe.encode_known(to_unit_range(canvas.image[y0:y1, x0:x1]))
+            blend = torch.from_numpy(np.ascontiguousarray(canvas.blend_mask[ly0:ly1, lx0:lx1]))[None, None]
+        decoded = pipe(
+            f"{prompt}, {config.prompt_suffix}" if config.prompt_suffix else prompt,
+            to_unit_range(canvas.low_res[ly0:ly1, lx0:lx1]),
+            known,
+            blend,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            noise_level=config.noise_level,
+            negative_prompt=config.negative_prompt,
+            latents=latents[:, :, ly0:ly1, lx0:lx1],
+            low_res_noise=low_res_noise[:, :, ly0:ly1, lx0:lx1],
+            callback_on_step_end=callback_on_step_end,
+        )
+    finally:
+        pipe.vae.use_tiling = was_tiling
     width, height = canvas.size
     x1, y1 = min(x1, width), min(y1, height)  # drop the padding
     pixels = to_uint8(decoded.cpu()[:, :, : y1 - y0, : x1 - x0])[0]

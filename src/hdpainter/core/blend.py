@@ -50,12 +50,20 @@ def poisson_blend(
 
 
 def blend_region(mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1), exclusive, of what `poisson_blend` may change: the dilated mask's bounding box."""
-    import cv2
+    """(x0, y0, x1, y1), exclusive, of what `poisson_blend` may change: the dilated mask's bounding box.
 
-    x, y, w, h = cv2.boundingRect(_dilated_region(mask, pad, dilation))
-    height, width = np.asarray(mask).shape
-    return max(x - pad, 0), max(y - pad, 0), min(x + w - pad, width), min(y + h - pad, height)
+    Computed from the mask's bounding box (a square dilation with OpenCV's centre anchor grows it by
+    `dilation − 1 − dilation // 2` before and `dilation // 2` after), so an 8K mask costs no dilation.
+    `pad` does not matter here: it only moves the box, which is clipped to the image anyway.
+    """
+    binary = np.asarray(mask) > 0
+    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+    if not len(rows):
+        return 0, 0, 0, 0
+    height, width = binary.shape
+    before, after = dilation - 1 - dilation // 2, dilation // 2
+    return (max(int(cols[0]) - before, 0), max(int(rows[0]) - before, 0),
+            min(int(cols[-1]) + 1 + after, width), min(int(rows[-1]) + 1 + after, height))
 
 
 def _dilated_region(mask: np.ndarray, pad: int, dilation: int) -> np.ndarray:

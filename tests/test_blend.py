@@ -102,3 +102,19 @@ def test_blend_region_is_the_bounding_box_of_opencvs_dilation(dilation):
         dilated = cv2.dilate(mask, np.ones((dilation, dilation), np.uint8))
         bx, by, bw, bh = cv2.boundingRect(dilated)
         assert blend_region(mask, 32, dilation) == (bx, by, bx + bw, by + bh)
+
+
+@pytest.mark.parametrize("side", ["left", "right", "top", "bottom"])
+def test_a_large_dilation_at_the_border_does_not_shift_the_paste(side):
+    """Blending an image into itself changes nothing, even when the dilation outgrows the 32 px padding."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (150, 201, 3), dtype=np.uint8)
+    mask = np.zeros((150, 201), bool)
+    region = {"left": (slice(40, 90), slice(0, 31)), "right": (slice(40, 91), slice(170, 201)),
+              "top": (slice(0, 30), slice(60, 121)), "bottom": (slice(121, 150), slice(60, 120))}[side]
+    mask[region] = True
+    for width in (0, 1):  # both parities of the box
+        if width:
+            mask[:, :] = np.roll(mask, 1, axis=1) | mask
+        out = poisson_blend(image, image, mask, pad=32, dilation=94)
+        assert np.abs(out.astype(int) - image.astype(int)).max() <= 1

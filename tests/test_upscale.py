@@ -212,13 +212,24 @@ def test_specialized_keeps_the_known_latents_and_baseline_does_not(sr, scene):
     assert (base_steps[-1][0][:, far] - known[0][:, far]).abs().mean() > 0.1
 
 
-@pytest.mark.parametrize("setting, tiled", [(True, True), (False, False), (None, False)])
-def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(sr, scene, setting, tiled):
+@pytest.mark.parametrize("setting, own, threshold, tiled", [
+    (True, False, None, True), (False, True, None, False), (None, False, None, False), (None, True, None, True),
+    (None, False, 100_000, True),  # auto: a 448x448 crop is over a 0.1 MP threshold
+])
+def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(sr, scene, monkeypatch, setting, own, threshold, tiled):
     from unittest import mock
 
+    import hdpainter.upscale
+
+    if threshold:
+        monkeypatch.setattr(hdpainter.upscale, "VAE_TILING_AUTO_PIXELS", threshold)
     original, mask, low_res = scene
-    with mock.patch.object(sr.vae, "tiled_decode", wraps=sr.vae.tiled_decode) as spy:
-        super_resolve(sr, original, mask, low_res, "a ball", SRConfig(num_inference_steps=1, vae_tiling=setting),
-                      torch.Generator().manual_seed(0))
-    assert spy.called == tiled  # None: a 448x448 crop is under the 1 MP threshold
-    assert sr.vae.use_tiling is False
+    sr.vae.use_tiling = own
+    try:
+        with mock.patch.object(sr.vae, "tiled_decode", wraps=sr.vae.tiled_decode) as spy:
+            super_resolve(sr, original, mask, low_res, "a ball", SRConfig(num_inference_steps=1, vae_tiling=setting),
+                          torch.Generator().manual_seed(0))
+        assert spy.called == tiled
+        assert sr.vae.use_tiling is own
+    finally:
+        sr.vae.use_tiling = False

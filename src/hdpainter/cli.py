@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     mem = p.add_argument_group("memory")
     mem.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (CUDA only; slower, much less GPU memory)")
     mem.add_argument("--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)")
-    mem.add_argument("--vae-tiling", action="store_true", help="always encode/decode in tiles (stage 2 tiles regions above 1 MP anyway)")
+    mem.add_argument("--vae-tiling", default="auto", choices=("auto", "on", "off"),
+                     help="stage 2's VAE in tiles: auto (regions above 1 MP, default), on, off (the reference's; much more memory)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
     return parser
 
@@ -107,7 +108,7 @@ def image_format(path: Path) -> str:
 def inpaint(args: argparse.Namespace) -> int:
     from . import images
     from .models import UPSCALER_MODELS, default_device_and_dtype, resolve
-    from .painter import HDPainter, InpaintRequest
+    from .painter import HDPainter, InpaintRequest, check_request
 
     outputs = output_paths(args.output, args.num_samples)
     for path in outputs:
@@ -118,8 +119,6 @@ def inpaint(args: argparse.Namespace) -> int:
         raise HDPainterError("--num-samples must be at least 1")
     if not 1 <= args.steps <= 1000:
         raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
-    if args.sr_steps < 1 or args.sr_steps > 1000:
-        raise HDPainterError(f"--sr-steps must be in 1..1000, got {args.sr_steps}")
     images.check_working_size(args.working_size)
     image = images.load_image(args.image)
     mask = images.load_mask(args.mask)
@@ -129,6 +128,7 @@ def inpaint(args: argparse.Namespace) -> int:
         positive_prompt=args.positive_prompt, seed=args.seed, num_samples=args.num_samples,
         working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
         sr_region=args.sr_region, sr_context=args.sr_context, blend_dilation=args.blend_dilation, blend_pad=args.blend_pad,
+        vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling],
         extra={"model": args.model, "image": os.path.basename(args.image)},
     )
     if image.size != mask.size:
@@ -140,10 +140,7 @@ def inpaint(args: argparse.Namespace) -> int:
             print(path)
         return 0
     images.prepare(image, mask, args.working_size)  # all input checks before the (slow) model load
-    if args.blend_dilation is not None and args.blend_dilation < 1 or args.blend_pad < 1:
-        raise HDPainterError("--blend-dilation and --blend-pad must be at least 1")
-    if args.sr_context < 0:
-        raise HDPainterError(f"--sr-context must not be negative, got {args.sr_context}")
+    check_request(image.size, request)
     diffuse = request.upscale and request.sr_method != "bicubic" and max(image.size) > max(images.working_size(image.size, args.working_size))
     if diffuse:
         resolve(args.upscaler, UPSCALER_MODELS)  # an unknown name or missing folder fails before any loading
@@ -151,7 +148,7 @@ def inpaint(args: argparse.Namespace) -> int:
     device, dtype = default_device_and_dtype(args.device, None if args.dtype == "auto" else args.dtype)
     painter = HDPainter.from_pretrained(args.model, upscaler=args.upscaler if diffuse else None, device=device, dtype=dtype,
                                         local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
-                                        attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling)
+                                        attention_slicing=args.attention_slicing)
     results = painter(image, mask, request)
     for k, (result, path) in enumerate(zip(results, outputs)):
         save_image(result, path, request.metadata() | {"seed": request.seed + SEED_STRIDE * k, "sample": k + 1})

@@ -188,3 +188,29 @@ def grid_mask(mask: np.ndarray, divisor: int, threshold: Literal["any", "half"])
     if threshold == "half":
         return values / 255.0 > 0.5
     raise ValueError(f"threshold must be 'any' or 'half', got {threshold!r}")
+
+
+def cubic_weights(outputs: np.ndarray, first: int, count: int, scale: float, full: int) -> np.ndarray:
+    """(len(outputs), count) weights of source pixels first..first+count−1 for output pixels `outputs` of a
+    bicubic resize (Keys, a = −0.5) by `scale` = output/source of a `full`-pixel axis: PIL's filter, widened
+    when shrinking (antialiasing), taps beyond the image dropped and the rest renormalised, as PIL does."""
+    stretch = max(1.0 / scale, 1.0)
+    centres = (outputs.astype(np.float64) + 0.5) / scale  # in source pixels
+    sources = np.arange(first, first + count, dtype=np.float64) + 0.5
+    x = np.abs(sources[None, :] - centres[:, None]) / stretch
+    w = np.where(x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.0))
+    w[:, (sources < 0) | (sources > full)] = 0.0
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def resize_window(source: np.ndarray, offset: tuple[int, int], full: tuple[int, int], size: tuple[int, int],
+                  window: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels `window` (x0, y0, x1, y1) of the bicubic resize to `size` (w, h) of a `full` (w, h) image, of which
+    `source` ((h, w, 3) uint8) is the part at `offset` (x, y). Each output pixel's weights depend on its position
+    only, so any window equals the same window of the whole resize (given the taps: `source` must cover them)."""
+    x0, y0, x1, y1 = window
+    wy = cubic_weights(np.arange(y0, y1), offset[1], source.shape[0], size[1] / full[1], full[1])
+    wx = cubic_weights(np.arange(x0, x1), offset[0], source.shape[1], size[0] / full[0], full[0])
+    rows = np.tensordot(wy, source.astype(np.float64), axes=(1, 0))  # (y1 − y0, w, 3)
+    out = np.tensordot(rows, wx, axes=(1, 1)).transpose(0, 2, 1)  # (y1 − y0, x1 − x0, 3)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -47,6 +47,7 @@ class InpaintRequest:
     sr_context: int = 128  # high-res pixels of context around the mask in "crop" mode
     blend_dilation: int | None = None  # Poisson blend's dilation in output pixels; None: 48 per 2048 of the long side
     blend_pad: int = POISSON_PAD
+    vae_tiling: bool | None = None  # stage 2's VAE in tiles: None = for regions above 1 MP, True = always, False = never
     extra: dict = field(default_factory=dict)  # recorded alongside (model name, …)
 
     def metadata(self) -> dict:
@@ -79,10 +80,27 @@ def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.I
 def blend_dilation(size: tuple[int, int], dilation: int | None) -> int:
     """The Poisson blend's dilation for an output of `size`: the reference's 48 px at 2048, scaled; or as given."""
     if dilation is not None:
-        if dilation < 1:
-            raise HDPainterError(f"blend_dilation must be at least 1, got {dilation}")
+        if not 1 <= dilation <= max(size):
+            raise HDPainterError(f"blend_dilation must be in 1..{max(size)} (the image's long side), got {dilation}")
         return dilation
     return max(1, round(POISSON_DILATION * max(size) / REFERENCE_SIZE))
+
+
+def check_request(size: tuple[int, int], request: InpaintRequest) -> None:
+    """Stage 2's options against an image of `size`, before any model work."""
+    from .upscale import SR_METHODS, SR_REGIONS
+
+    blend_dilation(size, request.blend_dilation)
+    if not 1 <= request.blend_pad <= max(size):
+        raise HDPainterError(f"blend_pad must be in 1..{max(size)} (the image's long side), got {request.blend_pad}")
+    if request.sr_method not in SR_METHODS:
+        raise HDPainterError(f"sr_method must be one of {', '.join(SR_METHODS)}; got {request.sr_method!r}")
+    if request.sr_region not in SR_REGIONS:
+        raise HDPainterError(f"sr_region must be one of {', '.join(SR_REGIONS)}; got {request.sr_region!r}")
+    if request.sr_context < 0:
+        raise HDPainterError(f"sr_context must not be negative, got {request.sr_context}")
+    if not 1 <= request.sr_steps <= 1000:
+        raise HDPainterError(f"sr_steps must be in 1..1000, got {request.sr_steps}")
 
 
 def blend_window(mask: np.ndarray, pad: int, dilation: int) -> tuple[int, int, int, int]:
@@ -93,48 +111,39 @@ def blend_window(mask: np.ndarray, pad: int, dilation: int) -> tuple[int, int, i
     return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, width), min(y1 + m, height)
 
 
-def resize_window(source: PIL.Image.Image, offset: tuple[float, float], scale: tuple[float, float],
-                  window: tuple[int, int, int, int]) -> PIL.Image.Image:
-    """The pixels of `window` (output coordinates) of `source` resized (bicubic) by `scale` = output/source,
-    `source` lying at `offset` (source pixels) of the whole: equal to cutting `window` out of the whole resize."""
+def source_box(window: tuple[int, int, int, int], source_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box of a `source_size` image whose pixels a bicubic resize to `size` reads for `window` (its taps included)."""
+    sx, sy = size[0] / source_size[0], size[1] / source_size[1]
+    support = math.ceil(2 * max(1.0, 1.0 / min(sx, sy))) + 1  # bicubic: 2 taps each side, stretched when shrinking
     x0, y0, x1, y1 = window
-    sx, sy = scale
-    box = (x0 / sx - offset[0], y0 / sy - offset[1], x1 / sx - offset[0], y1 / sy - offset[1])
-    return source.resize((x1 - x0, y1 - y0), resample=PIL.Image.BICUBIC, box=box)
+    return (max(math.floor(x0 / sx) - support, 0), max(math.floor(y0 / sy) - support, 0),
+            min(math.ceil(x1 / sx) + support, source_size[0]), min(math.ceil(y1 / sy) + support, source_size[1]))
 
 
 def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, request: InpaintRequest,
            upscaler=None, generator=None, sr_config=None) -> PIL.Image.Image:
     """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size."""
-    from .upscale import SR_METHODS, SR_SCALE, SRConfig, super_resolve
+    from .upscale import SR_SCALE, SRConfig, super_resolve
 
-    if request.sr_method not in SR_METHODS:
-        raise HDPainterError(f"sr_method must be one of {', '.join(SR_METHODS)}; got {request.sr_method!r}")
+    check_request(original.size, request)
     binary = np.asarray(mask.convert("L")) > 0
     dilation = blend_dilation(original.size, request.blend_dilation)
-    if request.blend_pad < 1:
-        raise HDPainterError(f"blend_pad must be at least 1, got {request.blend_pad}")
     window = blend_window(binary, request.blend_pad, dilation)
     width, height = original.size
     if request.sr_method != "bicubic" and max(original.size) > max(low_res.size):
         if upscaler is None:
             raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
         config = sr_config or SRConfig(method=request.sr_method, num_inference_steps=request.sr_steps,
-                                       region=request.sr_region, context=request.sr_context)
-        hr_w, hr_h = SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1]
-        sx, sy = width / hr_w, height / hr_h
-        support = math.ceil(2 * max(1.0, 1.0 / min(sx, sy))) + 1  # bicubic taps of the final resize
-        needed = (math.floor(window[0] / sx) - support, math.floor(window[1] / sy) - support,
-                  math.ceil(window[2] / sx) + support, math.ceil(window[3] / sy) + support)
-        needed = (max(needed[0], 0), max(needed[1], 0), min(needed[2], hr_w), min(needed[3], hr_h))
+                                       region=request.sr_region, context=request.sr_context, vae_tiling=request.vae_tiling)
+        hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
+        needed = source_box(window, hr_size, original.size)
         patch = super_resolve(upscaler, original, mask, low_res, request.prompt, config, generator, needed)
-        source = PIL.Image.fromarray(patch.pixels)
-        generated = resize_window(source, patch.box[:2], (sx, sy), window)
+        generated = imgs.resize_window(patch.pixels, patch.box[:2], hr_size, original.size, window)
     else:
-        generated = resize_window(low_res, (0, 0), (width / low_res.size[0], height / low_res.size[1]), window)
+        generated = imgs.resize_window(np.asarray(low_res.convert("RGB")), (0, 0), low_res.size, original.size, window)
     x0, y0, x1, y1 = window
     base = np.array(original.convert("RGB"))
-    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], np.asarray(generated), binary[y0:y1, x0:x1],
+    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], generated, binary[y0:y1, x0:x1],
                                        request.blend_pad, dilation)
     return PIL.Image.fromarray(base)
 
@@ -199,6 +208,8 @@ class HDPainter:
         if not np.any(np.asarray(mask)):
             warnings.warn("the mask is empty: nothing to inpaint, the image is returned unchanged", stacklevel=2)
             return [image.copy() for _ in range(request.num_samples)]
+        if request.upscale:
+            check_request(image.size, request)
         seeds = [request.seed + k * SEED_STRIDE for k in range(request.num_samples)]
         self.pipeline.set_progress_bar_config(disable=not progress)
         if self.upscaler is not None:

@@ -236,9 +236,9 @@ class HDUpscalePipeline(StableDiffusionUpscalePipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, {"latents": latents, "x0": x0, "eps": eps})
                 progress.update()
-        if output_type == "latent":
-            return x0
-        return self.decode(x0).float()
+        result = x0 if output_type == "latent" else self.decode(x0).float()
+        self.maybe_free_model_hooks()  # with model cpu offload, the VAE goes back to the CPU
+        return result
 
 
 @dataclass

@@ -29,6 +29,10 @@ def poisson_blend(
     on the dilated mask's bounding box. OpenCV solves on that bounding box, so pixels outside it (the
     blend region) keep the original's values exactly; inside it but outside the dilated mask they may
     move by a few levels, as in the reference.
+
+    The padding is raised to `dilation // 2 + 2` when smaller (never with the reference's 32 and 48): a
+    dilated mask reaching the padded image's edge would lose its outer ring inside seamlessClone, which
+    then pastes one pixel off.
     """
     import cv2
 
@@ -36,6 +40,7 @@ def poisson_blend(
         raise ValueError(f"shapes differ: original {original.shape}, generated {generated.shape}, mask {mask.shape}")
     if not np.any(mask):
         return original.copy()
+    pad = max(pad, min_pad(dilation))
     widths = ((pad, pad), (pad, pad), (0, 0))
     fake = np.pad(generated, widths, mode="reflect")
     base = np.pad(original, widths, mode="reflect")
@@ -47,6 +52,11 @@ def poisson_blend(
     # seamlessClone may write into its mask argument (seen with OpenCV 5.0): hand it a copy
     out = cv2.seamlessClone(fake, base, region.copy(), (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
     return out[pad:-pad, pad:-pad]
+
+
+def min_pad(dilation: int) -> int:
+    """The least padding that keeps a mask dilated by `dilation` off the padded image's outer ring."""
+    return dilation // 2 + 2
 
 
 def blend_region(mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION) -> tuple[int, int, int, int]:

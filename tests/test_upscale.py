@@ -78,7 +78,7 @@ def test_canvas_is_the_references_geometry():
 
 
 def test_crop_box_is_aligned_and_inside():
-    assert crop_box((300, 200, 340, 260), 128, (1024, 768)) == (128, 64, 512, 448)
+    assert crop_box((300, 200, 340, 260), 128, (1024, 768)) == (160, 64, 480, 416)
     x0, y0, x1, y1 = crop_box((5, 700, 60, 768), 100, (1024, 768))
     assert (x0, y1) == (0, 768) and x1 % CROP_ALIGN == 0 and y0 % CROP_ALIGN == 0 and x1 >= 160 and y0 <= 600
 
@@ -181,8 +181,8 @@ def test_crop_equals_whole_away_from_the_crop_edges_and_costs_less(sr, scene):
     assert whole.box == (0, 0, 1024, 768) and whole.pixels.shape == (768, 1024, 3)
     assert full.box == whole.box and np.array_equal(full.pixels, whole.pixels) and torch.equal(full_x0, whole_x0)
     x0, y0, x1, y1 = crop.box
-    assert (x0, y0, x1, y1) == (192, 64, 640, 512)  # mask 380..460 × 260..330, dilated 19, 128 context, out to ×64
-    assert whole_cost == 1024 * 768 // 16 * 3 and crop_cost == 448 * 448 // 16 * 3  # latent pixels × 3 steps: 3.9× less
+    assert (x0, y0, x1, y1) == (224, 96, 608, 480)  # mask 380..460 × 260..330, dilated 19, 128 context, out to ×32
+    assert whole_cost == 1024 * 768 // 16 * 3 and crop_cost == 384 * 384 // 16 * 3  # latent pixels × 3 steps: 5.3× less
     # the same noise reaches the same pixels: inside the mask the crop's x̂0 is the whole run's up to the
     # UNet's global parts (group norms, the lowest level's self-attention), which see less of the photo.
     # Stated tolerance (random weights): under 30 % of what another seed changes.
@@ -214,7 +214,7 @@ def test_specialized_keeps_the_known_latents_and_baseline_does_not(sr, scene):
 
 @pytest.mark.parametrize("setting, own, threshold, tiled", [
     (True, False, None, True), (False, True, None, False), (None, False, None, False), (None, True, None, True),
-    (None, False, 100_000, True),  # auto: a 448x448 crop is over a 0.1 MP threshold
+    (None, False, 100_000, True),  # auto: a 384x384 crop is over a 0.1 MP threshold
 ])
 def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(sr, scene, monkeypatch, setting, own, threshold, tiled):
     from unittest import mock

@@ -30,7 +30,7 @@ from .inpaint import to_uint8
 SR_METHODS = ("specialized", "baseline", "bicubic")
 SR_REGIONS = ("crop", "whole")
 SR_SCALE = 4  # the upscaler's factor: high-res pixels per low-res pixel (= per latent pixel)
-CROP_ALIGN = 64  # crop boxes start and end on multiples of this many high-res pixels (16 latent pixels)
+CROP_ALIGN = 32  # crop boxes start and end on multiples of this many high-res pixels: 8 latent pixels, the UNet's coarsest grid
 VAE_TILING_AUTO_PIXELS = 1024 * 1024  # with vae_tiling=None, regions larger than this are encoded/decoded in tiles
 
 

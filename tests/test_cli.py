@@ -94,6 +94,8 @@ def corrupt(path):
         ("too many steps", "--steps must be in 1..1000"),
         ("bad working size", "working size must be a multiple of 8"),
         ("unknown upscaler", "unknown model 'nonsense'"),
+        ("cpu offload without a GPU", "it needs a CUDA device"),
+        ("huge blend dilation", "blend_dilation must be in 1..256"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, case, message):
@@ -117,6 +119,10 @@ def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, cas
     steps = ["--steps", "2000", "--device", "cpu"] if case == "too many steps" else STEPS
     if case == "bad working size":
         steps = [*steps, "--working-size", "100"]
+    if case == "cpu offload without a GPU":
+        steps = [*steps, "--cpu-offload"]
+    if case == "huge blend dilation":
+        steps = [*steps, "--blend-dilation", "100000"]
     if case == "unknown upscaler":
         steps = [*steps, "--upscaler", "nonsense", "--working-size", "128"]  # 256 px > 128: stage 2 needs the upscaler
     code, stdout, err = run_cli(capsys, "inpaint", "--image", str(image), "--mask", str(mask), "--prompt", "a boat",

@@ -202,3 +202,35 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         cli.save_image(image, target, {"prompt": "x"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_models_lists_short_names_and_what_the_local_cache_holds(tmp_path):
+    """A fake hub cache under HF_HOME with sd2's model_index.json: sd2 is listed as cached, the others not."""
+    repo = tmp_path / "hf-home" / "hub" / "models--stabilityai--stable-diffusion-2-inpainting"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "model_index.json").write_text("{}")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-m", "hdpainter.cli", "models"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "stabilityai/stable-diffusion-2-inpainting" in lines["sd2"] and lines["sd2"].rstrip().endswith("yes")
+    assert lines["sd15"].rstrip().endswith("no") and lines["x4"].rstrip().endswith("no")
+    assert "upscaler" in lines["x4"] and str(tmp_path / "hf-home" / "hub") in proc.stdout
+
+
+def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
+    picture = np.full((40, 60, 3), 90, np.uint8)
+    picture[10:20, 10:30] = (255, 0, 0)
+    PIL.Image.fromarray(picture).save(tmp_path / "painted.png")
+    base = ["inpaint", "--image", "x.png", "--mask", str(tmp_path / "painted.png"), "--prompt", "p", "--output", "o.png"]
+    red = np.zeros((40, 60), bool)
+    red[10:20, 10:30] = True
+    args = cli._parser().parse_args([*base, "--mask-color", "255,0,0"])
+    assert np.array_equal(np.asarray(cli.load_mask(args)) > 0, red)
+    args = cli._parser().parse_args([*base, "--mask-color", "#ff0000", "--mask-invert", "--mask-grow", "2"])
+    grown_outside = np.ones((40, 60), bool)
+    grown_outside[12:18, 12:28] = False  # the unmasked hole shrinks by 2 on each side
+    assert np.array_equal(np.asarray(cli.load_mask(args)) > 0, grown_outside)

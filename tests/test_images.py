@@ -103,3 +103,47 @@ def test_unreadable_files(tmp_path):
         imgs.load_image(bad)
     with pytest.raises(HDPainterError, match="folder"):
         imgs.load_image(tmp_path)
+
+
+def brute_distance(points_from: np.ndarray, points_to: np.ndarray) -> np.ndarray:
+    """For each True pixel position of the grid, the Euclidean distance to the nearest True of `points_to`."""
+    ty, tx = np.nonzero(points_to)
+    yy, xx = np.mgrid[: points_from.shape[0], : points_from.shape[1]]
+    if not len(ty):
+        return np.full(points_from.shape, np.inf)
+    return np.sqrt((yy[..., None] - ty) ** 2 + (xx[..., None] - tx) ** 2).min(-1)
+
+
+@pytest.mark.parametrize("pixels", [1, 3, 6, -1, -2, -4])
+def test_grow_and_shrink_are_euclidean(pixels):
+    from hdpainter.images import grow_mask
+
+    rng = np.random.default_rng(abs(pixels))
+    mask = np.zeros((40, 50), bool)
+    for _ in range(3):
+        y, x = rng.integers(0, 35), rng.integers(0, 45)
+        mask[y : y + rng.integers(2, 15), x : x + rng.integers(2, 15)] = True
+    out = np.asarray(grow_mask(PIL.Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)), pixels)) > 0
+    if pixels > 0:
+        expected = brute_distance(mask, mask) <= pixels
+    else:  # what stays is farther than |pixels| from every unmasked pixel (the image border is not an edge)
+        expected = mask & (brute_distance(mask, ~mask) > -pixels)
+    assert np.array_equal(out, expected)
+
+
+def test_mask_from_color_invert_and_colour_parsing():
+    from hdpainter.errors import HDPainterError
+    from hdpainter.images import invert_mask, mask_from_color, parse_color
+
+    picture = np.full((20, 30, 3), 128, np.uint8)
+    picture[5:10, 5:15] = (250, 10, 5)  # painted red, a little off
+    picture[12:15, 20:25] = (200, 10, 5)  # another red, outside a 32 tolerance
+    mask = np.asarray(mask_from_color(PIL.Image.fromarray(picture), parse_color("#ff0000"), 32)) > 0
+    expected = np.zeros((20, 30), bool)
+    expected[5:10, 5:15] = True
+    assert np.array_equal(mask, expected)
+    assert parse_color("255, 0, 0") == (255, 0, 0)
+    assert np.array_equal(np.asarray(invert_mask(PIL.Image.fromarray(expected.astype(np.uint8) * 255))) > 0, ~expected)
+    for bad in ("red", "256,0,0", "#ff00", "1,2"):
+        with pytest.raises(HDPainterError, match="cannot read the colour"):
+            parse_color(bad)

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--positive-prompt", default=REFERENCE_POSITIVE_PROMPT, help="appended to the prompt; default: the reference's; '' for none")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
+    masks = p.add_argument_group("mask conveniences (applied in this order)")
+    masks.add_argument("--mask-color", default=None, help="the mask file is a picture: pixels of this colour (R,G,B or #rrggbb) are the mask")
+    masks.add_argument("--mask-tolerance", type=int, default=32, help="with --mask-color: per-channel tolerance (default 32)")
+    masks.add_argument("--mask-invert", action="store_true", help="fill what the mask leaves out")
+    masks.add_argument("--mask-grow", type=int, default=0, help="grow the mask by PX pixels (negative: shrink)")
     p.add_argument("--working-size", type=int, default=512, help="long side of stage 1's resolution (default 512, the reference's)")
     sr = p.add_argument_group("stage 2 (super-resolution and blending; used when the image is larger than the working size)")
     sr.add_argument("--no-upscale", action="store_true", help="skip stage 2: resize the stage-1 result and paste it (fast preview)")
@@ -59,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     mem.add_argument("--vae-tiling", default="auto", choices=("auto", "on", "off"),
                      help="stage 2's VAE in tiles: auto (regions above 1 MP, default), on, off (the reference's; much more memory)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
+    commands.add_parser("models", help="list the short model names and whether each is in the local hub cache")
     return parser
 
 
@@ -105,6 +111,22 @@ def image_format(path: Path) -> str:
     return fmt
 
 
+def load_mask(args: argparse.Namespace):
+    """The mask file, through the mask conveniences: colour → invert → grow/shrink."""
+    from . import images
+
+    if args.mask_color is not None:
+        if not 0 <= args.mask_tolerance <= 255:
+            raise HDPainterError(f"--mask-tolerance must be in 0..255, got {args.mask_tolerance}")
+        color = images.parse_color(args.mask_color)
+        mask = images.mask_from_color(images.load_image(args.mask), color, args.mask_tolerance)
+    else:
+        mask = images.load_mask(args.mask)
+    if args.mask_invert:
+        mask = images.invert_mask(mask)
+    return images.grow_mask(mask, args.mask_grow)
+
+
 def inpaint(args: argparse.Namespace) -> int:
     from . import images
     from .models import UPSCALER_MODELS, default_device_and_dtype, resolve
@@ -121,7 +143,7 @@ def inpaint(args: argparse.Namespace) -> int:
         raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
     images.check_working_size(args.working_size)
     image = images.load_image(args.image)
-    mask = images.load_mask(args.mask)
+    mask = load_mask(args)
     request = InpaintRequest(
         prompt=args.prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, negative_prompt=args.negative_prompt,
@@ -129,7 +151,8 @@ def inpaint(args: argparse.Namespace) -> int:
         working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
         sr_region=args.sr_region, sr_context=args.sr_context, blend_dilation=args.blend_dilation, blend_pad=args.blend_pad,
         vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling],
-        extra={"model": args.model, "image": os.path.basename(args.image)},
+        extra={"model": args.model, "image": os.path.basename(args.image)}
+        | {k: v for k, v in (("mask_color", args.mask_color), ("mask_invert", args.mask_invert), ("mask_grow", args.mask_grow)) if v},
     )
     if image.size != mask.size:
         raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
@@ -156,12 +179,29 @@ def inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
+def models(args: argparse.Namespace) -> int:
+    from huggingface_hub import constants
+
+    from .models import DEFAULT_INPAINT_MODEL, DEFAULT_UPSCALER, known_models
+
+    rows = [("name", "kind", "hub id", "in local cache")]
+    for name, kind, repo, cached in known_models():
+        default = name in (DEFAULT_INPAINT_MODEL, DEFAULT_UPSCALER)
+        rows.append((name + (" (default)" if default else ""), kind, repo, "yes" if cached else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    print(f"\ncache: {constants.HF_HUB_CACHE} (set HF_HOME or HF_HUB_CACHE to move it). --model and --upscaler "
+          "also take any hub id or a local diffusers folder; --local-files-only never contacts the hub.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
         try:
-            return {"inpaint": inpaint}[args.command](args)
+            return {"inpaint": inpaint, "models": models}[args.command](args)
         except HDPainterError as exc:
             print(f"hdpainter: error: {exc}", file=sys.stderr)
             return 2

@@ -79,6 +79,45 @@ def to_mask(mask: PIL.Image.Image, threshold: int = MASK_THRESHOLD) -> PIL.Image
     return PIL.Image.fromarray(np.where(values > threshold, 255, 0).astype(np.uint8), "L")
 
 
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'255,0,0' or '#ff0000' → (255, 0, 0)."""
+    value = text.strip()
+    try:
+        if value.startswith("#") and len(value) == 7:
+            return tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))
+        parts = tuple(int(p) for p in value.split(","))
+        if len(parts) == 3 and all(0 <= p <= 255 for p in parts):
+            return parts
+    except ValueError:
+        pass
+    raise HDPainterError(f"cannot read the colour {text!r}: use R,G,B (0..255 each) or #rrggbb")
+
+
+def mask_from_color(image: PIL.Image.Image, color: tuple[int, int, int], tolerance: int = 32) -> PIL.Image.Image:
+    """A mask painted in another editor: pixels within `tolerance` of `color` on every channel are masked (255)."""
+    rgb = np.asarray(to_rgb(image), dtype=np.int16)
+    near = np.all(np.abs(rgb - np.asarray(color, dtype=np.int16)) <= tolerance, axis=-1)
+    return PIL.Image.fromarray(np.where(near, 255, 0).astype(np.uint8), "L")
+
+
+def grow_mask(mask: PIL.Image.Image, pixels: int) -> PIL.Image.Image:
+    """Grow (pixels > 0) or shrink (< 0) a binary mask: keep what lies within `pixels` (Euclidean) of the mask,
+    or what lies farther than −`pixels` from its outside."""
+    import cv2
+
+    binary = np.asarray(mask.convert("L")) > 0
+    if pixels == 0:
+        return mask
+    target = ~binary if pixels > 0 else binary  # distance to the nearest pixel outside `target`
+    distance = cv2.distanceTransform(target.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    result = (distance <= pixels) if pixels > 0 else (distance > -pixels)
+    return PIL.Image.fromarray(np.where(result, 255, 0).astype(np.uint8), "L")
+
+
+def invert_mask(mask: PIL.Image.Image) -> PIL.Image.Image:
+    return PIL.Image.fromarray(np.where(np.asarray(mask.convert("L")) > 0, 0, 255).astype(np.uint8), "L")
+
+
 def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     return to_rgb(_open(path, "image"))
 

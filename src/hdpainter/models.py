@@ -38,6 +38,20 @@ def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
     return name
 
 
+def is_cached(repo_id: str) -> bool:
+    """Whether `repo_id`'s model_index.json is in the local hub cache (HF_HOME / HF_HUB_CACHE are respected)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+
+
+def known_models() -> list[tuple[str, str, str, bool]]:
+    """(short name, kind, hub id, in the local cache) for every model with a short name."""
+    rows = [(name, "inpaint", repo) for name, repo in INPAINT_MODELS.items()]
+    rows += [(name, "upscaler", repo) for name, repo in UPSCALER_MODELS.items()]
+    return [(name, kind, repo, is_cached(repo)) for name, kind, repo in rows]
+
+
 def default_device_and_dtype(device=None, dtype=None):
     """The best available device unless one is named, and float16 on CUDA / float32 elsewhere unless named."""
     import torch

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import warnings
-from pathlib import Path
 
 from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
 from .errors import HDPainterError
+from .outputs import image_format, output_paths, save_image
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -28,6 +26,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="what to paint in the masked region")
     p.add_argument("--output", required=True, help="output file (.png keeps the parameters in its metadata); "
                    "with --num-samples K > 1, files OUT-1.png … OUT-K.png")
+    _add_generation_options(p)
+    b = commands.add_parser("batch", help="inpaint a folder of images with masks, or a CSV/JSONL manifest; resumable")
+    b.add_argument("input", help="a folder of x.png + x_mask.png pairs, or a .csv/.jsonl manifest "
+                   "(columns image, mask, prompt; optional seed, negative_prompt; paths relative to the manifest)")
+    b.add_argument("--output", required=True, help="output folder (created if missing): DIR/x.png for input x")
+    b.add_argument("--prompt", default=None, help="the prompt for every item (a manifest's own prompts take precedence)")
+    _add_generation_options(b)
+    commands.add_parser("models", help="list the short model names and whether each is in the local hub cache")
+    return parser
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    """The options `inpaint` and `batch` share."""
     p.add_argument("--model", default="sd2", help="sd2 (default), sd15, ds8, a hub id or a local diffusers folder / .safetensors file")
     p.add_argument("--method", default="painta+rasg", choices=("baseline", "painta", "rasg", "painta+rasg"))
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
@@ -64,54 +75,49 @@ def _parser() -> argparse.ArgumentParser:
     mem.add_argument("--vae-tiling", default="auto", choices=("auto", "on", "off"),
                      help="stage 2's VAE in tiles: auto (regions above 1 MP, default), on, off (the reference's; much more memory)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
-    commands.add_parser("models", help="list the short model names and whether each is in the local hub cache")
-    return parser
 
 
-def output_paths(output: str, count: int) -> list[Path]:
-    out = Path(output)
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(1, count + 1)]
+def make_request(args: argparse.Namespace, prompt: str, seed: int | None = None, negative_prompt: str | None = None, **extra):
+    """An InpaintRequest from the command line's options (per-item prompt, seed and negative prompt for batches)."""
+    from .painter import InpaintRequest
+
+    return InpaintRequest(
+        prompt=prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma,
+        negative_prompt=args.negative_prompt if negative_prompt is None else negative_prompt,
+        positive_prompt=args.positive_prompt, seed=args.seed if seed is None else seed, num_samples=args.num_samples,
+        working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
+        sr_region=args.sr_region, sr_context=args.sr_context, blend_dilation=args.blend_dilation, blend_pad=args.blend_pad,
+        vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling],
+        extra={"model": args.model} | extra
+        | {k: v for k, v in (("mask_color", args.mask_color), ("mask_invert", args.mask_invert), ("mask_grow", args.mask_grow)) if v},
+    )
 
 
-def save_image(image, path: Path, metadata: dict) -> None:
-    """Write atomically (temporary name in the same folder, then rename) with the parameters embedded."""
-    import PIL.PngImagePlugin
+def check_options(args: argparse.Namespace) -> None:
+    from . import images
 
-    suffix = path.suffix.lower()
-    params = json.dumps(metadata, ensure_ascii=False)
-    kwargs = {}
-    if suffix == ".png":
-        info = PIL.PngImagePlugin.PngInfo()
-        info.add_text("parameters", params)
-        kwargs["pnginfo"] = info
-    elif suffix in (".jpg", ".jpeg"):
-        kwargs.update(quality=95, comment=params.encode())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=image_format(path), **kwargs)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output file should not be
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    if args.num_samples < 1:
+        raise HDPainterError("--num-samples must be at least 1")
+    if not 1 <= args.steps <= 1000:
+        raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
+    images.check_working_size(args.working_size)
 
 
-def image_format(path: Path) -> str:
-    import PIL.Image
+def load_painter(args: argparse.Namespace, upscale: bool, device=None):
+    """The models, once: the upscaler only when stage 2 will diffuse (and first, so a missing one fails fast)."""
+    from .models import UPSCALER_MODELS, default_device_and_dtype, resolve
+    from .painter import HDPainter
 
-    PIL.Image.init()
-    fmt = PIL.Image.EXTENSION.get(path.suffix.lower())
-    if fmt is None:
-        raise HDPainterError(f"cannot tell the image format of {path} from its extension; use .png or .jpg")
-    return fmt
+    if upscale:
+        resolve(args.upscaler, UPSCALER_MODELS)  # an unknown name or missing folder fails before any loading
+    device, dtype = default_device_and_dtype(device or args.device, None if args.dtype == "auto" else args.dtype)
+    return HDPainter.from_pretrained(args.model, upscaler=args.upscaler if upscale else None, device=device, dtype=dtype,
+                                     local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
+                                     attention_slicing=args.attention_slicing)
 
 
-def load_mask(args: argparse.Namespace):
+def load_mask(args: argparse.Namespace, path=None):
     """The mask file, through the mask conveniences: colour → invert → grow/shrink."""
     from . import images
 
@@ -119,9 +125,9 @@ def load_mask(args: argparse.Namespace):
         if not 0 <= args.mask_tolerance <= 255:
             raise HDPainterError(f"--mask-tolerance must be in 0..255, got {args.mask_tolerance}")
         color = images.parse_color(args.mask_color)
-        mask = images.mask_from_color(images.load_image(args.mask), color, args.mask_tolerance)
+        mask = images.mask_from_color(images.load_image(path or args.mask), color, args.mask_tolerance)
     else:
-        mask = images.load_mask(args.mask)
+        mask = images.load_mask(path or args.mask)
     if args.mask_invert:
         mask = images.invert_mask(mask)
     return images.grow_mask(mask, args.mask_grow)
@@ -129,31 +135,17 @@ def load_mask(args: argparse.Namespace):
 
 def inpaint(args: argparse.Namespace) -> int:
     from . import images
-    from .models import UPSCALER_MODELS, default_device_and_dtype, resolve
-    from .painter import HDPainter, InpaintRequest, check_request
+    from .painter import check_request
 
     outputs = output_paths(args.output, args.num_samples)
     for path in outputs:
         image_format(path)
         if not path.parent.is_dir():
             raise HDPainterError(f"output folder does not exist: {path.parent}")
-    if args.num_samples < 1:
-        raise HDPainterError("--num-samples must be at least 1")
-    if not 1 <= args.steps <= 1000:
-        raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
-    images.check_working_size(args.working_size)
+    check_options(args)
     image = images.load_image(args.image)
     mask = load_mask(args)
-    request = InpaintRequest(
-        prompt=args.prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, negative_prompt=args.negative_prompt,
-        positive_prompt=args.positive_prompt, seed=args.seed, num_samples=args.num_samples,
-        working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
-        sr_region=args.sr_region, sr_context=args.sr_context, blend_dilation=args.blend_dilation, blend_pad=args.blend_pad,
-        vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling],
-        extra={"model": args.model, "image": os.path.basename(args.image)}
-        | {k: v for k, v in (("mask_color", args.mask_color), ("mask_invert", args.mask_invert), ("mask_grow", args.mask_grow)) if v},
-    )
+    request = make_request(args, args.prompt, image=os.path.basename(args.image))
     if image.size != mask.size:
         raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
     if not any(mask.getextrema()):
@@ -166,17 +158,86 @@ def inpaint(args: argparse.Namespace) -> int:
     check_request(image.size, request)
     diffuse = request.upscale and request.sr_method != "bicubic" and max(image.size) > max(images.working_size(image.size, args.working_size))
     if diffuse:
-        resolve(args.upscaler, UPSCALER_MODELS)  # an unknown name or missing folder fails before any loading
         request.extra["upscaler"] = args.upscaler
-    device, dtype = default_device_and_dtype(args.device, None if args.dtype == "auto" else args.dtype)
-    painter = HDPainter.from_pretrained(args.model, upscaler=args.upscaler if diffuse else None, device=device, dtype=dtype,
-                                        local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
-                                        attention_slicing=args.attention_slicing)
+    painter = load_painter(args, diffuse)
     results = painter(image, mask, request)
     for k, (result, path) in enumerate(zip(results, outputs)):
         save_image(result, path, request.metadata() | {"seed": request.seed + SEED_STRIDE * k, "sample": k + 1})
         print(path)
     return 0
+
+
+def _long_side(path) -> int:
+    """An image's long side from its header (0 when unreadable: that item fails on its own later)."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            return max(image.size)
+    except Exception:
+        return 0
+
+
+def batch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import images
+    from .batch import collect_items, distributed, finished, run_items
+    from .painter import check_request
+
+    check_options(args)
+    out_dir = Path(args.output)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HDPainterError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
+    items = collect_items(args.input, args.prompt)
+    rank, world, local = distributed()
+    device = args.device
+    if world > 1 and device is None:
+        import torch
+
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    pending = [i for i in items[rank::world] if not i.error and not finished(i, out_dir, args.num_samples)]
+    upscale = not args.no_upscale and args.sr_method != "bicubic" and any(_long_side(i.image) > args.working_size for i in pending)
+    painter = load_painter(args, upscale, device) if pending else None  # model errors end the batch here, once
+    requests = {}
+
+    def process(item):
+        image = images.load_image(item.image)
+        mask = load_mask(args, item.mask)
+        request = requests[item.name] = make_request(args, item.prompt, item.seed, item.negative_prompt, image=item.image.name)
+        if image.size != mask.size:
+            raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}")
+        if not any(mask.getextrema()):
+            return [image] * args.num_samples  # nothing to inpaint: the input, unchanged
+        images.prepare(image, mask, args.working_size)
+        check_request(image.size, request)
+        if upscale and max(image.size) > args.working_size:
+            request.extra["upscaler"] = args.upscaler
+        return painter(image, mask, request, progress=False)
+
+    def metadata(item, k):
+        request = requests[item.name]
+        return request.metadata() | {"seed": request.seed + SEED_STRIDE * k, "sample": k + 1}
+
+    summary = run_items(items, out_dir, process, metadata, args.num_samples, rank, world)
+    for name in summary.written:
+        print(out_dir / f"{name}.png")
+    for name, message in summary.failed:
+        print(f"hdpainter: failed: {name}: {message}", file=sys.stderr)
+    counts = [len(summary.written), len(summary.skipped), len(summary.failed)]
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        total = torch.tensor(counts)
+        dist.all_reduce(total)
+        counts = total.tolist()
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"batch: {counts[0]} written, {counts[1]} already done, {counts[2]} failed, of {len(items)}", file=sys.stderr)
+    return 1 if summary.failed or counts[2] else 0
 
 
 def models(args: argparse.Namespace) -> int:
@@ -201,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
         try:
-            return {"inpaint": inpaint, "models": models}[args.command](args)
+            return {"inpaint": inpaint, "batch": batch, "models": models}[args.command](args)
         except HDPainterError as exc:
             print(f"hdpainter: error: {exc}", file=sys.stderr)
             return 2

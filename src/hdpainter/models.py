@@ -140,7 +140,7 @@ def _load_error(name: str, source: str, exc: Exception, flag: str = "--model") -
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if os.path.exists(source):
         return f"cannot load model from {source}: {text[:300]}"
-    unreachable = any(word in text for word in ("LocalEntryNotFound", "offline", "connect", "Connection", "resolve", "timed out", "cannot find the requested files"))
+    unreachable = any(word in text for word in ("LocalEntryNotFound", "offline", "connect", "Connection", "resolve", "timed out", "cannot find the requested files", "outgoing traffic has been disabled", "not fully cached"))
     if offline or unreachable:
         return (f"model {name!r} ({source}) is not in the local cache and cannot be downloaded (offline?): "
                 f"download it on a connected machine or pass a local folder with {flag} DIR")

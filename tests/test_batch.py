@@ -1,0 +1,154 @@
+"""`hdpainter batch`: folders and manifests, per-item failures, resuming, and a two-process distributed run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from hdpainter import cli
+
+FAST = ["--steps", "2", "--working-size", "64", "--sr-method", "bicubic", "--device", "cpu"]
+
+
+def make_folder(folder, count=5, bad=()):
+    """`count` photos img0..img{count-1} with masks; "no mask" and "broken" in `bad` spoil img3 and img4."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = PIL.Image.fromarray(data.astronaut()).resize((96, 72), PIL.Image.BICUBIC)
+    mask = np.zeros((72, 96), np.uint8)
+    mask[20:50, 30:60] = 255
+    for k in range(count):
+        photo.rotate(10 * k).save(folder / f"img{k}.png")
+        PIL.Image.fromarray(mask).save(folder / f"img{k}_mask.png")
+    if "no mask" in bad:
+        (folder / "img3_mask.png").unlink()
+    if "broken" in bad:
+        (folder / "img4.png").write_bytes(b"not an image")
+    return folder
+
+
+def run(capsys, *argv):
+    code = cli.main(["batch", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_folder_batch_reports_bad_items_and_finishes_the_others(capsys, tmp_path, tiny_model_dir):
+    folder = make_folder(tmp_path / "in", bad=("no mask", "broken"))
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, folder, "--output", out, "--prompt", "a red ball", "--model", tiny_model_dir, *FAST)
+    assert code == 1  # some items failed
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "img2.png"]
+    assert stdout.split() == [str(out / f"img{k}.png") for k in range(3)]
+    assert "failed: img3: no mask img3_mask.png" in err and "failed: img4: cannot read image" in err
+    assert "batch: 3 written, 0 already done, 2 failed, of 5" in err
+    params = json.loads(PIL.Image.open(out / "img1.png").info["parameters"])
+    assert params["prompt"] == "a red ball" and params["image"] == "img1.png" and params["seed"] == 1
+    assert PIL.Image.open(out / "img1.png").size == (96, 72)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_manifest_rows_carry_their_own_prompt_and_seed(capsys, tmp_path, tiny_model_dir, kind):
+    folder = make_folder(tmp_path / "in", count=3)
+    rows = [
+        {"image": "img0.png", "mask": "img0_mask.png", "prompt": "a boat", "seed": 7},
+        {"image": "img1.png", "mask": "img1_mask.png", "prompt": "", "seed": ""},  # falls back to --prompt, --seed
+        {"image": "img2.png", "mask": "", "prompt": "a dog"},  # no mask: reported
+    ]
+    manifest = folder / f"list.{kind}"
+    if kind == "csv":
+        lines = ["image,mask,prompt,seed"] + [f"{r['image']},{r['mask']},{r['prompt']},{r.get('seed', '')}" for r in rows]
+        manifest.write_text("\n".join(lines) + "\n")
+    else:
+        manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, manifest, "--output", out, "--prompt", "a cat", "--seed", "3", "--model", tiny_model_dir, *FAST)
+    assert code == 1 and "failed: img2: row 3: image and mask are both needed" in err
+    first, second = (json.loads(PIL.Image.open(out / f"img{k}.png").info["parameters"]) for k in (0, 1))
+    assert (first["prompt"], first["seed"]) == ("a boat", 7)
+    assert (second["prompt"], second["seed"]) == ("a cat", 3)
+
+
+def test_rerun_redoes_exactly_the_missing_items(capsys, tmp_path, tiny_model_dir):
+    folder = make_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    args = [folder, "--output", out, "--prompt", "a red ball", "--model", tiny_model_dir, *FAST]
+    assert run(capsys, *args)[0] == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "img1.png").unlink()
+    (out / "img3.png").unlink()
+    (out / ".img3.png.abc123.tmp").write_bytes(b"half a png")  # what a killed run leaves
+    time.sleep(0.01)
+    code, stdout, err = run(capsys, *args)
+    assert code == 0 and stdout.split() == [str(out / "img1.png"), str(out / "img3.png")]
+    assert "batch: 2 written, 3 already done, 0 failed, of 5" in err
+    assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(5)]
+    for name in ("img0.png", "img2.png", "img4.png"):
+        assert (out / name).stat().st_mtime_ns == stamps[name]
+
+
+def test_a_killed_batch_leaves_no_corrupt_output_and_resumes(tmp_path, tiny_model_dir):
+    folder = make_folder(tmp_path / "in", count=6)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hdpainter.cli", "batch", str(folder), "--output", str(out), "--prompt", "a red ball",
+            "--model", str(tiny_model_dir), "--steps", "12", "--working-size", "64", "--sr-method", "bicubic", "--device", "cpu"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(out.glob("img*.png")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(out.glob("img*.png"))
+    assert 1 <= len(done) < 6
+    for path in done:  # every output there is whole
+        with PIL.Image.open(path) as image:
+            image.load()
+    stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(6)]  # no temporaries left
+    assert all((out / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+    assert f"{len(done)} already done" in finished.stderr
+
+
+def test_two_processes_split_the_items_and_write_each_once(tmp_path, tiny_model_dir):
+    folder = make_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hdpainter.cli",
+         "batch", str(folder), "--output", str(out), "--prompt", "a red ball", "--model", str(tiny_model_dir), *FAST],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = proc.stdout.split()
+    assert sorted(written) == sorted(str(out / f"img{k}.png") for k in range(5))  # each item once, by one rank
+    assert "rank 0/2" in proc.stderr and "rank 1/2" in proc.stderr
+    assert "batch: 5 written, 0 already done, 0 failed, of 5" in proc.stderr
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no prompt", "a folder batch needs --prompt"),
+    ("duplicate names", "would both write img0.png"),
+    ("missing input", "batch input not found"),
+])
+def test_batch_input_mistakes_are_one_line(capsys, tmp_path, case, message):
+    folder = make_folder(tmp_path / "in", count=2)
+    source, extra = folder, ["--prompt", "x"]
+    if case == "no prompt":
+        extra = []
+    elif case == "duplicate names":
+        source = folder / "list.jsonl"
+        row = json.dumps({"image": "img0.png", "mask": "img0_mask.png", "prompt": "a"})
+        source.write_text(row + "\n" + row + "\n")
+    elif case == "missing input":
+        source = tmp_path / "nowhere"
+    code, stdout, err = run(capsys, source, "--output", tmp_path / "out", "--model", "never-loaded", *extra)
+    assert code == 2 and err.startswith("hdpainter: error: ") and message in err and err.count("\n") == 1

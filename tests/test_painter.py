@@ -186,3 +186,20 @@ def test_a_window_resized_from_its_source_box_equals_the_whole_resize(size):
         if bare[0] > 0 and bare[1] > 0 and bare[2] < 1024 and bare[3] < 768:
             short = resize_window(source[bare[1]:bare[3], bare[0]:bare[2]], bare[:2], (1024, 768), size, window)
             assert np.abs(short.astype(int) - expected.astype(int)).max() > 3
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"sr_method": "nope"}, "sr_method must be one of specialized, baseline, bicubic"),
+    ({"sr_region": "half"}, "sr_region must be one of crop, whole"),
+    ({"sr_context": -1}, "sr_context must not be negative"),
+    ({"sr_steps": 0}, "sr_steps must be in 1..1000"),
+    ({"blend_pad": 0}, "blend_pad must be in 1..300"),
+    ({"blend_dilation": 301}, "blend_dilation must be in 1..300"),
+])
+def test_stage2_options_are_checked_before_any_work(option, message):
+    from hdpainter.errors import HDPainterError
+    from hdpainter.painter import check_request
+
+    with pytest.raises(HDPainterError, match=message):
+        check_request((300, 200), InpaintRequest("a boat", **option))
+    check_request((300, 200), InpaintRequest("a boat"))  # the defaults pass

@@ -50,6 +50,13 @@ class InpaintRequest:
     vae_tiling: bool | None = None  # stage 2's VAE in tiles: None = for regions above 1 MP, True = always, False = never
     extra: dict = field(default_factory=dict)  # recorded alongside (model name, …)
 
+    def sr_config(self):
+        """Stage 2's settings for this request (the rest at the reference's values)."""
+        from .upscale import SRConfig
+
+        return SRConfig(method=self.sr_method, num_inference_steps=self.sr_steps, region=self.sr_region,
+                        context=self.sr_context, vae_tiling=self.vae_tiling)
+
     def metadata(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
 
@@ -88,19 +95,10 @@ def blend_dilation(size: tuple[int, int], dilation: int | None) -> int:
 
 def check_request(size: tuple[int, int], request: InpaintRequest) -> None:
     """Stage 2's options against an image of `size`, before any model work."""
-    from .upscale import SR_METHODS, SR_REGIONS
-
     blend_dilation(size, request.blend_dilation)
     if not 1 <= request.blend_pad <= max(size):
         raise HDPainterError(f"blend_pad must be in 1..{max(size)} (the image's long side), got {request.blend_pad}")
-    if request.sr_method not in SR_METHODS:
-        raise HDPainterError(f"sr_method must be one of {', '.join(SR_METHODS)}; got {request.sr_method!r}")
-    if request.sr_region not in SR_REGIONS:
-        raise HDPainterError(f"sr_region must be one of {', '.join(SR_REGIONS)}; got {request.sr_region!r}")
-    if request.sr_context < 0:
-        raise HDPainterError(f"sr_context must not be negative, got {request.sr_context}")
-    if not 1 <= request.sr_steps <= 1000:
-        raise HDPainterError(f"sr_steps must be in 1..1000, got {request.sr_steps}")
+    request.sr_config().check()
 
 
 def blend_window(mask: np.ndarray, pad: int, dilation: int) -> tuple[int, int, int, int]:
@@ -123,7 +121,7 @@ def source_box(window: tuple[int, int, int, int], source_size: tuple[int, int], 
 def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, request: InpaintRequest,
            upscaler=None, generator=None, sr_config=None) -> PIL.Image.Image:
     """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size."""
-    from .upscale import SR_SCALE, SRConfig, super_resolve
+    from .upscale import SR_SCALE, super_resolve
 
     check_request(original.size, request)
     binary = np.asarray(mask.convert("L")) > 0
@@ -133,8 +131,7 @@ def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.
     if request.sr_method != "bicubic" and max(original.size) > max(low_res.size):
         if upscaler is None:
             raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
-        config = sr_config or SRConfig(method=request.sr_method, num_inference_steps=request.sr_steps,
-                                       region=request.sr_region, context=request.sr_context, vae_tiling=request.vae_tiling)
+        config = sr_config or request.sr_config()
         hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
         needed = source_box(window, hr_size, original.size)
         patch = super_resolve(upscaler, original, mask, low_res, request.prompt, config, generator, needed)

@@ -60,8 +60,10 @@ class SRConfig:
             raise HDPainterError(f"sr_steps must be in 1..1000, got {self.num_inference_steps}")
         if not 0 <= self.noise_level <= 350:
             raise HDPainterError(f"sr_noise_level must be in 0..350, got {self.noise_level}")
-        if self.context < 0 or self.mask_dilation < 0:
-            raise HDPainterError("sr_context and the mask dilation must not be negative")
+        if self.context < 0:
+            raise HDPainterError(f"sr_context must not be negative, got {self.context}")
+        if self.mask_dilation < 0:
+            raise HDPainterError(f"the mask dilation must not be negative, got {self.mask_dilation}")
         if self.mask_blur < 1 or self.mask_blur % 2 == 0:
             raise HDPainterError(f"the mask blur kernel must be a positive odd size, got {self.mask_blur}")
         if self.canvas_multiple % CROP_ALIGN:

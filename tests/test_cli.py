@@ -234,3 +234,38 @@ def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
     grown_outside = np.ones((40, 60), bool)
     grown_outside[12:18, 12:28] = False  # the unmasked hole shrinks by 2 on each side
     assert np.array_equal(np.asarray(cli.load_mask(args)) > 0, grown_outside)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--model", "/no/such/folder"], "model path not found"),
+    (["--lan", "--host", "10.0.0.1"], "give --host or --lan, not both"),
+    (["--port", "70000"], "--port must be in 1..65535"),
+    (["--max-upload-mb", "0"], "--max-upload-mb must be at least 1"),
+    (["--upscaler", "nope"], "unknown model 'nope'"),
+    (["--working-size", "50"], "working size"),
+])
+def test_ui_bad_options_are_one_line_before_any_loading(capsys, tiny_model_dir, extra, message):
+    import socket
+
+    pytest.importorskip("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["ui", "--model", str(tiny_model_dir), "--upscaler", "none", "--port", str(port)]
+    if "--model" in extra:
+        argv = argv[:1] + argv[3:]
+    code, out, err = run_cli(capsys, *argv, *extra)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_ui_port_in_use_is_one_line_before_any_loading(capsys, tiny_model_dir):
+    import socket
+
+    pytest.importorskip("gradio")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = run_cli(capsys, "ui", "--model", str(tiny_model_dir), "--upscaler", "none", "--port", str(port))
+    assert code == 2 and err == f"hdpainter: error: cannot listen on 127.0.0.1:{port}: the port is in use; choose another with --port or --host\n"

@@ -34,6 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", default=None, help="the prompt for every item (a manifest's own prompts take precedence)")
     _add_generation_options(b)
     commands.add_parser("models", help="list the short model names and whether each is in the local hub cache")
+    u = commands.add_parser("ui", help="a local web UI: upload an image, paint the mask, type a prompt")
+    u.add_argument("--model", action="append", default=None,
+                   help="a model to offer (repeat for several; the first is loaded at start; default sd2). "
+                        "Short name, hub id or local folder: only these can be chosen in the browser")
+    u.add_argument("--upscaler", default="x4", help="x4 (default), a hub id or a local diffusers folder; 'none': stage 2 by bicubic resize only")
+    u.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)")
+    u.add_argument("--lan", action="store_true", help="listen on all interfaces (0.0.0.0): others on your network can use it")
+    u.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    u.add_argument("--max-upload-mb", type=int, default=25, help="largest file a browser may upload, in MB (default 25)")
+    u.add_argument("--working-size", type=int, default=512, help="long side of stage 1's resolution (default 512)")
+    u.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    u.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
+    u.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (CUDA only)")
+    u.add_argument("--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)")
+    u.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
     return parser
 
 
@@ -257,12 +272,67 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = "the port is in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
+        raise HDPainterError(f"cannot listen on {host}:{port}: {reason}; choose another with --port or --host") from None
+
+
+def ui(args: argparse.Namespace) -> int:
+    from . import images
+    from .models import INPAINT_MODELS, UPSCALER_MODELS, resolve
+
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise HDPainterError("the web UI needs Gradio: pip install 'hdpainter[ui]'")
+    from .ui import DEFAULT_HOST, LAN_HOST, InpaintApp, UIConfig, launch
+
+    if args.lan and args.host:
+        raise HDPainterError("give --host or --lan, not both")
+    host = LAN_HOST if args.lan else args.host or DEFAULT_HOST
+    if not 1 <= args.port <= 65535:
+        raise HDPainterError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb < 1:
+        raise HDPainterError(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
+    images.check_working_size(args.working_size)
+    _check_port(host, args.port)  # before the (slow) model load
+    models = list(dict.fromkeys(args.model or ["sd2"]))
+    for name in models:
+        resolve(name, INPAINT_MODELS)  # unknown names and missing folders fail before the server starts
+    upscaler = None if args.upscaler.lower() == "none" else args.upscaler
+    if upscaler is not None:
+        resolve(upscaler, UPSCALER_MODELS)
+    config = UIConfig(models=models, upscaler=upscaler, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
+                      local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
+                      attention_slicing=args.attention_slicing, working_size=args.working_size,
+                      max_upload_mb=args.max_upload_mb)
+    app = InpaintApp(config)
+    try:
+        print(f"loading {models[0]} …", file=sys.stderr)
+        app.cache.get(models[0])  # load errors end here, with one line, before anything listens
+        if host == LAN_HOST:
+            print("note: listening on all interfaces: anyone on your network can use this UI", file=sys.stderr)
+        try:
+            launch(app, host, args.port)
+        except OSError:
+            raise HDPainterError(f"cannot listen on {host}:{args.port}: the port is in use; choose another with --port") from None
+    finally:
+        app.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
         try:
-            return {"inpaint": inpaint, "batch": batch, "models": models}[args.command](args)
+            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui}[args.command](args)
         except HDPainterError as exc:
             print(f"hdpainter: error: {exc}", file=sys.stderr)
             return 2

@@ -119,8 +119,9 @@ def source_box(window: tuple[int, int, int, int], source_size: tuple[int, int], 
 
 
 def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, request: InpaintRequest,
-           upscaler=None, generator=None, sr_config=None) -> PIL.Image.Image:
-    """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size."""
+           upscaler=None, generator=None, sr_config=None, callback_on_step_end=None) -> PIL.Image.Image:
+    """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size.
+    `callback_on_step_end` is passed to the upscaler (called after each of its steps when it diffuses)."""
     from .upscale import SR_SCALE, super_resolve
 
     check_request(original.size, request)
@@ -134,7 +135,8 @@ def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.
         config = sr_config or request.sr_config()
         hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
         needed = source_box(window, hr_size, original.size)
-        patch = super_resolve(upscaler, original, mask, low_res, request.prompt, config, generator, needed)
+        patch = super_resolve(upscaler, original, mask, low_res, request.prompt, config, generator, needed,
+                              callback_on_step_end)
         generated = imgs.resize_window(patch.pixels, patch.box[:2], hr_size, original.size, window)
     else:
         generated = imgs.resize_window(np.asarray(low_res.convert("RGB")), (0, 0), low_res.size, original.size, window)
@@ -148,11 +150,13 @@ def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.
 class HDPainter:
     """Load once, inpaint many: `HDPainter.from_pretrained("sd2")(image, mask, InpaintRequest("a boat"))`."""
 
-    def __init__(self, pipeline, upscaler=None, model_name: str = "custom", upscaler_name: str | None = None):
+    def __init__(self, pipeline, upscaler=None, model_name: str = "custom", upscaler_name: str | None = None,
+                 load_options: dict | None = None):
         self.pipeline = pipeline
         self.upscaler = upscaler
         self.model_name = model_name
         self.upscaler_name = upscaler_name
+        self.load_options = load_options or {}  # how from_pretrained loaded it: with_model loads the same way
 
     @classmethod
     def from_pretrained(
@@ -174,26 +178,34 @@ class HDPainter:
         device, dtype = default_device_and_dtype(device, dtype)
         if cpu_offload and device.type != "cuda":
             raise HDPainterError("cpu offload moves models to a GPU as they run: it needs a CUDA device")
-        load_device = None if cpu_offload else device
+        options = dict(device=device, dtype=dtype, local_files_only=local_files_only, cpu_offload=cpu_offload,
+                       attention_slicing=attention_slicing, vae_tiling=vae_tiling)
         sr = None
         if upscaler is not None:  # first: the smaller download, and the one most often missing
-            sr = load_upscale_pipeline(upscaler, device=load_device, dtype=dtype, local_files_only=local_files_only)
-        pipeline = load_inpaint_pipeline(model, device=load_device, dtype=dtype, local_files_only=local_files_only)
-        for pipe in (pipeline, sr):
-            if pipe is None:
-                continue
-            if cpu_offload:
-                pipe.enable_model_cpu_offload(device=device)
-            if attention_slicing:
-                pipe.enable_attention_slicing()
-            if vae_tiling:
-                pipe.vae.enable_tiling()
-        return cls(pipeline, sr, model, upscaler)
+            sr = _place(load_upscale_pipeline(upscaler, device=None if cpu_offload else device, dtype=dtype,
+                                              local_files_only=local_files_only), options)
+        pipeline = _place(load_inpaint_pipeline(model, device=None if cpu_offload else device, dtype=dtype,
+                                                local_files_only=local_files_only), options)
+        return cls(pipeline, sr, model, upscaler, options)
 
-    def __call__(self, image, mask, request: InpaintRequest, progress: bool = True) -> list[PIL.Image.Image]:
+    def with_model(self, model: str) -> "HDPainter":
+        """Another inpainting model loaded as this one was, sharing this painter's upscaler (self is unchanged)."""
+        from .models import load_inpaint_pipeline
+
+        if model == self.model_name:
+            return self
+        options = self.load_options
+        device = options.get("device")
+        pipeline = load_inpaint_pipeline(model, device=None if options.get("cpu_offload") else device,
+                                         dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False))
+        return HDPainter(_place(pipeline, options), self.upscaler, model, self.upscaler_name, options)
+
+    def __call__(self, image, mask, request: InpaintRequest, progress: bool = True, on_step=None) -> list[PIL.Image.Image]:
         """Inpaint `mask` (white = fill) of `image`; returns `request.num_samples` images of the input's size.
 
         An empty mask returns the input unchanged (with a warning): there is nothing to paint.
+        `on_step(stage, sample, step, total)` is called after every denoising step: stage 1 runs all samples
+        at once (sample None), stage 2 one sample (0-based) at a time, and only where it diffuses.
         """
         import torch
 
@@ -225,8 +237,33 @@ class HDPainter:
             num_images_per_prompt=request.num_samples,
             working_size=request.working_size,
             generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
         ).images
         if not request.upscale:
             return [composite(image, generated, mask) for generated in result]
-        return [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed))
-                for generated, seed in zip(result, seeds)]
+        return [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed),
+                       callback_on_step_end=_step_reporter(on_step, 2, k, request.sr_steps))
+                for k, (generated, seed) in enumerate(zip(result, seeds))]
+
+
+def _place(pipe, options: dict):
+    """Memory options of HDPainter.from_pretrained on a freshly loaded pipeline."""
+    if options.get("cpu_offload"):
+        pipe.enable_model_cpu_offload(device=options["device"])
+    if options.get("attention_slicing"):
+        pipe.enable_attention_slicing()
+    if options.get("vae_tiling"):
+        pipe.vae.enable_tiling()
+    return pipe
+
+
+def _step_reporter(on_step, stage: int, sample: int | None, total: int):
+    """A diffusers-style step-end callback that reports (stage, sample, step, total) to `on_step`; None without one."""
+    if on_step is None:
+        return None
+
+    def callback(pipe, i, t, tensors):
+        on_step(stage, sample, i + 1, total)
+        return {}
+
+    return callback

@@ -96,6 +96,7 @@ def corrupt(path):
         ("unknown upscaler", "unknown model 'nonsense'"),
         ("cpu offload without a GPU", "it needs a CUDA device"),
         ("huge blend dilation", "blend_dilation must be in 1..256"),
+        ("negative feather", "--mask-feather must be 0 or more"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, case, message):
@@ -123,6 +124,8 @@ def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, cas
         steps = [*steps, "--cpu-offload"]
     if case == "huge blend dilation":
         steps = [*steps, "--blend-dilation", "100000"]
+    if case == "negative feather":
+        steps = [*steps, "--mask-feather", "-2"]
     if case == "unknown upscaler":
         steps = [*steps, "--upscaler", "nonsense", "--working-size", "128"]  # 256 px > 128: stage 2 needs the upscaler
     code, stdout, err = run_cli(capsys, "inpaint", "--image", str(image), "--mask", str(mask), "--prompt", "a boat",
@@ -234,6 +237,8 @@ def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
     grown_outside = np.ones((40, 60), bool)
     grown_outside[12:18, 12:28] = False  # the unmasked hole shrinks by 2 on each side
     assert np.array_equal(np.asarray(cli.load_mask(args)) > 0, grown_outside)
+    args = cli._parser().parse_args([*base, "--mask-feather", "4"])
+    assert cli.make_request(args, "p").mask_feather == 4
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -147,3 +147,42 @@ def test_mask_from_color_invert_and_colour_parsing():
     for bad in ("red", "256,0,0", "#ff00", "1,2"):
         with pytest.raises(HDPainterError, match="cannot read the colour"):
             parse_color(bad)
+
+
+@pytest.mark.parametrize("pixels", [1, 3, 6])
+def test_feather_is_a_truncated_gaussian_across_the_edge(pixels):
+    rng = np.random.default_rng(pixels)
+    binary = np.zeros((30, 40), bool)
+    binary[8:22, 10:31] = True
+    binary[rng.integers(0, 30, 5), rng.integers(0, 40, 5)] = True  # stray pixels, some on the border
+    alpha = imgs.feather_alpha(PIL.Image.fromarray(binary.astype(np.uint8) * 255), pixels)
+    # explicit: separable Gaussian weights, σ = pixels / 3, over ±pixels, replicated borders
+    offsets = np.arange(-pixels, pixels + 1)
+    g = np.exp(-offsets**2 / (2 * (pixels / 3) ** 2))
+    g /= g.sum()
+    padded = np.pad(binary.astype(np.float64), pixels, mode="edge")
+    want = np.zeros(binary.shape)
+    for dy, wy in zip(offsets, g):
+        for dx, wx in zip(offsets, g):
+            want += wy * wx * padded[pixels + dy:pixels + dy + 30, pixels + dx:pixels + dx + 40]
+    np.testing.assert_allclose(alpha, want, atol=1e-6)
+    # farther than `pixels` from the edge: exactly the mask
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    square = np.ones((2 * pixels + 1, 2 * pixels + 1), bool)
+    far_out = ~binary_dilation(binary, square)
+    far_in = binary_erosion(np.pad(binary, pixels, mode="edge"), square)[pixels:-pixels, pixels:-pixels]
+    assert np.all(alpha[far_out] == 0) and np.allclose(alpha[far_in], 1.0, atol=1e-12)
+    assert np.array_equal(imgs.feather_alpha(PIL.Image.fromarray(binary.astype(np.uint8) * 255), 0), binary.astype(float))
+
+
+def test_feather_paste_mixes_by_the_alpha():
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2))
+    mask = np.zeros((20, 24), np.uint8)
+    mask[5:15, 6:18] = 255
+    out = np.asarray(imgs.feather_paste(PIL.Image.fromarray(a), PIL.Image.fromarray(b), PIL.Image.fromarray(mask), 3), int)
+    alpha = imgs.feather_alpha(PIL.Image.fromarray(mask), 3)[..., None]
+    want = np.floor(a + alpha * (b.astype(float) - a) + 0.5)
+    assert np.abs(out - want).max() == 0
+    assert np.array_equal(out[0], a[0]) and np.array_equal(out[10, 12], b[10, 12])

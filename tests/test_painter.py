@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hdpainter.core.blend import blend_region, poisson_blend
+from hdpainter.errors import HDPainterError
 from hdpainter.images import resize_window
 from hdpainter.painter import HDPainter, InpaintRequest, blend_dilation, finish, source_box
 from hdpainter.upscale import HDUpscalePipeline, SRConfig, super_resolve
@@ -203,3 +204,19 @@ def test_stage2_options_are_checked_before_any_work(option, message):
     with pytest.raises(HDPainterError, match=message):
         check_request((300, 200), InpaintRequest("a boat", **option))
     check_request((300, 200), InpaintRequest("a boat"))  # the defaults pass
+
+
+@pytest.mark.parametrize("upscale", [True, False])
+def test_mask_feather_pastes_the_result_through_a_soft_edge(painter, upscale):
+    from hdpainter.images import feather_alpha
+
+    image, mask = photo_and_mask((151, 97), (50, 30, 100, 70))
+    (plain,) = painter(image, mask, request(upscale=upscale), progress=False)
+    (soft,) = painter(image, mask, request(upscale=upscale, mask_feather=5), progress=False)
+    alpha = feather_alpha(mask, 5)[..., None]
+    base = np.asarray(image, dtype=np.float64)
+    want = np.floor(base + alpha * (np.asarray(plain, dtype=np.float64) - base) + 0.5)
+    assert np.array_equal(np.asarray(soft), want.astype(np.uint8))
+    assert not np.array_equal(np.asarray(soft), np.asarray(plain))
+    with pytest.raises(HDPainterError, match="mask_feather must be in 0..151"):
+        painter(image, mask, request(mask_feather=-1), progress=False)

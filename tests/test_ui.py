@@ -203,7 +203,7 @@ def client_args(app, image_path, layer_path, prompt, seed):
     return dict(editor_value=editor, mask_value=None, prompt_value=prompt, model_value=app.config.models[0],
                 method_value="painta+rasg", steps_value=2, seed_value=seed, guidance_value=7.5, eta_value=0.1,
                 positive_value="", negative_value="", samples_value=1, upscale_value=False, sr_value="specialized",
-                grow_value=0, api_name="/inpaint")
+                grow_value=0, feather_value=0, api_name="/inpaint")
 
 
 def test_two_concurrent_requests_each_get_their_own_result(server, tmp_path):
@@ -276,7 +276,7 @@ def test_no_request_reaches_files_outside_the_app(server, tiny_model_dir):
     # an editor value that names a server file instead of an upload is refused before our code runs
     payload = {"data": [{"background": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "layers": [],
                          "composite": None}, None, "x", app.config.models[0], "painta+rasg", 2, 1, 7.5, 0.1, "", "", 1,
-                        False, "specialized", 0]}
+                        False, "specialized", 0, 0]}
     response = httpx.post(f"{url}/gradio_api/call/inpaint", json=payload, timeout=30)
     event = response.json()["event_id"]
     stream = httpx.get(f"{url}/gradio_api/call/inpaint/{event}", timeout=60).text

@@ -71,6 +71,8 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     masks.add_argument("--mask-tolerance", type=int, default=32, help="with --mask-color: per-channel tolerance (default 32)")
     masks.add_argument("--mask-invert", action="store_true", help="fill what the mask leaves out")
     masks.add_argument("--mask-grow", type=int, default=0, help="grow the mask by PX pixels (negative: shrink)")
+    masks.add_argument("--mask-feather", type=int, default=0,
+                       help="paste the result through the mask softened across its edge by PX pixels (default 0: the blend's own edge)")
     p.add_argument("--working-size", type=int, default=512, help="long side of stage 1's resolution (default 512, the reference's)")
     sr = p.add_argument_group("stage 2 (super-resolution and blending; used when the image is larger than the working size)")
     sr.add_argument("--no-upscale", action="store_true", help="skip stage 2: resize the stage-1 result and paste it (fast preview)")
@@ -103,7 +105,7 @@ def make_request(args: argparse.Namespace, prompt: str, seed: int | None = None,
         positive_prompt=args.positive_prompt, seed=args.seed if seed is None else seed, num_samples=args.num_samples,
         working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
         sr_region=args.sr_region, sr_context=args.sr_context, blend_dilation=args.blend_dilation, blend_pad=args.blend_pad,
-        vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling],
+        vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling], mask_feather=args.mask_feather,
         extra={"model": args.model} | extra
         | {k: v for k, v in (("mask_color", args.mask_color), ("mask_invert", args.mask_invert), ("mask_grow", args.mask_grow)) if v},
     )
@@ -114,6 +116,8 @@ def check_options(args: argparse.Namespace) -> None:
 
     if args.num_samples < 1:
         raise HDPainterError("--num-samples must be at least 1")
+    if args.mask_feather < 0:
+        raise HDPainterError(f"--mask-feather must be 0 or more, got {args.mask_feather}")
     if not 1 <= args.steps <= 1000:
         raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
     images.check_working_size(args.working_size)

@@ -114,6 +114,26 @@ def grow_mask(mask: PIL.Image.Image, pixels: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.where(result, 255, 0).astype(np.uint8), "L")
 
 
+def feather_alpha(mask: PIL.Image.Image, pixels: int) -> np.ndarray:
+    """A soft (H, W) float alpha in [0, 1] from a binary mask: a Gaussian (σ = pixels / 3) truncated at
+    `pixels`, so it ramps across the mask's edge over 2·pixels and is exactly 0 (1) farther out (in)."""
+    import cv2
+
+    binary = (np.asarray(mask.convert("L")) > 0).astype(np.float64)
+    if pixels <= 0:
+        return binary
+    alpha = cv2.GaussianBlur(binary, (2 * pixels + 1, 2 * pixels + 1), sigmaX=pixels / 3, borderType=cv2.BORDER_REPLICATE)
+    return np.clip(alpha, 0.0, 1.0)
+
+
+def feather_paste(original: PIL.Image.Image, result: PIL.Image.Image, mask: PIL.Image.Image, pixels: int) -> PIL.Image.Image:
+    """`result` over `original` through the feathered mask: a soft edge instead of the blend's own."""
+    alpha = feather_alpha(mask, pixels)[..., None]
+    base = np.asarray(original.convert("RGB"), dtype=np.float64)
+    top = np.asarray(result.convert("RGB"), dtype=np.float64)
+    return PIL.Image.fromarray(np.clip(base + alpha * (top - base) + 0.5, 0, 255).astype(np.uint8))
+
+
 def invert_mask(mask: PIL.Image.Image) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.where(np.asarray(mask.convert("L")) > 0, 0, 255).astype(np.uint8), "L")
 

@@ -48,6 +48,7 @@ class InpaintRequest:
     blend_dilation: int | None = None  # Poisson blend's dilation in output pixels; None: 48 per 2048 of the long side
     blend_pad: int = POISSON_PAD
     vae_tiling: bool | None = None  # stage 2's VAE in tiles: None = for regions above 1 MP, True = always, False = never
+    mask_feather: int = 0  # > 0: the result goes over the input through the mask blurred across its edge by this many px
     extra: dict = field(default_factory=dict)  # recorded alongside (model name, …)
 
     def sr_config(self):
@@ -212,6 +213,8 @@ class HDPainter:
         image, mask = imgs.to_rgb(imgs.as_pil(image, "image")), imgs.to_mask(imgs.as_pil(mask, "mask"))
         if request.num_samples < 1:
             raise HDPainterError(f"num_samples must be at least 1, got {request.num_samples}")
+        if not 0 <= request.mask_feather <= max(image.size):
+            raise HDPainterError(f"mask_feather must be in 0..{max(image.size)} (the image's long side), got {request.mask_feather}")
         if image.size != mask.size:
             raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
         if not np.any(np.asarray(mask)):
@@ -240,10 +243,14 @@ class HDPainter:
             callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
         ).images
         if not request.upscale:
-            return [composite(image, generated, mask) for generated in result]
-        return [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed),
-                       callback_on_step_end=_step_reporter(on_step, 2, k, request.sr_steps))
-                for k, (generated, seed) in enumerate(zip(result, seeds))]
+            outputs = [composite(image, generated, mask) for generated in result]
+        else:
+            outputs = [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed),
+                              callback_on_step_end=_step_reporter(on_step, 2, k, request.sr_steps))
+                       for k, (generated, seed) in enumerate(zip(result, seeds))]
+        if request.mask_feather > 0:
+            outputs = [imgs.feather_paste(image, out, mask, request.mask_feather) for out in outputs]
+        return outputs
 
 
 def _place(pipe, options: dict):

@@ -76,6 +76,7 @@ class UIRequest:
     upscale: bool = True
     sr_method: str = "specialized"
     mask_grow: int = 0
+    mask_feather: int = 0
 
 
 class PainterCache:
@@ -181,7 +182,7 @@ class InpaintApp:
             guidance_scale=float(form.guidance_scale), rasg_eta=float(form.rasg_eta),
             negative_prompt=form.negative_prompt or "", positive_prompt=form.positive_prompt or "",
             seed=int(form.seed), num_samples=int(form.num_samples), working_size=self.config.working_size,
-            upscale=bool(form.upscale), sr_method=sr_method,
+            upscale=bool(form.upscale), sr_method=sr_method, mask_feather=max(int(form.mask_feather), 0),
             extra={"model": form.model} | ({"mask_grow": int(form.mask_grow)} if form.mask_grow else {}),
         )
         if request.upscale:
@@ -252,6 +253,7 @@ class InpaintApp:
                         positive = gr.Textbox(REFERENCE_POSITIVE_PROMPT, label="Positive prompt (appended)")
                         negative = gr.Textbox(REFERENCE_NEGATIVE_PROMPT, label="Negative prompt")
                         grow = gr.Slider(-32, 32, value=0, step=1, label="Grow mask (px; negative shrinks)")
+                        feather = gr.Slider(0, 32, value=0, step=1, label="Feather the mask's edge (px; 0: the blend's own)")
                         mask_upload = gr.Image(label="Or upload a mask (white = fill)", type="pil",
                                                image_mode=None, sources=("upload",))
             gallery = gr.Gallery(label="Input and results", columns=MAX_SAMPLES + 1, object_fit="contain",
@@ -261,10 +263,10 @@ class InpaintApp:
 
             def submit(editor_value, mask_value, prompt_value, model_value, method_value, steps_value, seed_value,
                        guidance_value, eta_value, positive_value, negative_value, samples_value, upscale_value,
-                       sr_value, grow_value, progress=gr.Progress()):
+                       sr_value, grow_value, feather_value, progress=gr.Progress()):
                 form = UIRequest(editor_value, mask_value, prompt_value, model_value, method_value, steps_value,
                                  seed_value, guidance_value, eta_value, positive_value, negative_value, samples_value,
-                                 upscale_value, sr_value, grow_value)
+                                 upscale_value, sr_value, grow_value, feather_value)
                 progress(0, desc="loading the model")
                 try:
                     image, paths = self.run(form, on_step=progress_reporter(progress, form))
@@ -274,7 +276,7 @@ class InpaintApp:
                 return items, [str(p) for p in paths]
 
             run.click(submit, [editor, mask_upload, prompt, model, method, steps, seed, guidance, eta, positive,
-                               negative, samples, upscale, sr_method, grow], [gallery, files],
+                               negative, samples, upscale, sr_method, grow, feather], [gallery, files],
                       api_name="inpaint", concurrency_limit=1)
         demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
         return demo

@@ -6,7 +6,6 @@ The browser test is in test_ui_browser.py.
 import io
 import json
 import socket
-import threading
 import uuid
 from pathlib import Path
 

@@ -70,6 +70,20 @@ def server(tiny_model_dir, tiny_upscaler_dir):
     process.wait(timeout=30)
 
 
+def upload_photo(page, path, attempts=3):
+    """Upload through the editor's file input until the photo is on the canvas (an upload made while the
+    page is still starting can be dropped)."""
+    placeholder = page.locator("#editor").get_by_text("Upload an image")
+    for attempt in range(attempts):
+        page.locator("#editor input[type=file]").first.set_input_files(str(path))
+        try:
+            placeholder.wait_for(state="hidden", timeout=15_000)
+            return
+        except playwright.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+
+
 def test_paint_a_stroke_and_get_a_result(server, tmp_path):
     import httpx
     from skimage import data
@@ -81,9 +95,8 @@ def test_paint_a_stroke_and_get_a_result(server, tmp_path):
         browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server)
-            page.locator("#editor input[type=file]").first.set_input_files(str(tmp_path / "coffee.png"))
-            page.locator("#editor").get_by_text("Upload an image").wait_for(state="hidden")  # the photo is on the canvas
+            page.goto(server, wait_until="networkidle")
+            upload_photo(page, tmp_path / "coffee.png")
             page.wait_for_timeout(500)
             zoom = float(page.locator("#editor .zoom-number").inner_text().rstrip("%")) / 100
             box = page.locator("#editor canvas").first.bounding_box()

@@ -34,6 +34,38 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", default=None, help="the prompt for every item (a manifest's own prompts take precedence)")
     _add_generation_options(b)
     commands.add_parser("models", help="list the short model names and whether each is in the local hub cache")
+    e = commands.add_parser("eval", help="the paper's MSCOCO evaluation: generate, score (CLIP, accuracy, PickScore, "
+                            "aesthetics, known-region PSNR) and tabulate; resumable, data-parallel under torchrun")
+    e.add_argument("--coco", required=True, help="COCO folder with annotations/instances_val2017.json and val2017/")
+    e.add_argument("--out", required=True, help="run folder (created; re-running resumes)")
+    e.add_argument("--methods", default="baseline,painta,rasg,painta+rasg", help="comma-separated (default: all four)")
+    e.add_argument("--model", default="sd2", help="inpainting model (default sd2, the paper's)")
+    e.add_argument("--pairs", default=None, help="the reference's pair list (CSV image_idx,segment_idx); default: our seeded sampler")
+    e.add_argument("--sample", type=int, default=10000, help="pairs the sampler draws (default 10000)")
+    e.add_argument("--sample-seed", type=int, default=0, help="the sampler's seed (default 0)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    e.add_argument("--polygon", action="store_true", help="masks from the exact polygons instead of their convex hull")
+    e.add_argument("--size", type=int, default=512, help="long side of the evaluation images (default 512, the paper's)")
+    e.add_argument("--seed", type=int, default=1, help="generation seed (default 1, the reference's)")
+    e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--guidance-scale", type=float, default=7.5)
+    e.add_argument("--rasg-eta", type=float, default=0.25, help="RASG η (default 0.25, the reference's evaluation)")
+    e.add_argument("--negative-prompt", default="", help="default none, as the reference's evaluation")
+    e.add_argument("--positive-prompt", default="", help="default none, as the reference's evaluation")
+    e.add_argument("--metrics", default=None, help="comma-separated from clip, accuracy, pickscore, aesthetic, psnr, lpips "
+                   "(default: all but lpips; lpips too when the lpips package is installed)")
+    e.add_argument("--clip-model", default=None, help="CLIP score model (default openai/clip-vit-base-patch16)")
+    e.add_argument("--detector", default=None, help="COCO detector for accuracy (default PekingU/rtdetr_r50vd)")
+    e.add_argument("--pickscore-model", default=None, help="default yuvalkirstain/PickScore_v1")
+    e.add_argument("--pickscore-processor", default=None, help="default laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    e.add_argument("--pick-reference", default=None, help="method PickScore compares against (default: the first of --methods)")
+    e.add_argument("--aesthetic-clip", default=None, help="default openai/clip-vit-large-patch14")
+    e.add_argument("--aesthetic-head", default=None, help="LAION's MLP as REPO:FILE, DIR:FILE or a file "
+                   "(default camenduru/improved-aesthetic-predictor:sac+logos+ava1-l14-linearMSE.pth)")
+    e.add_argument("--contact-sheet", type=int, default=6, help="pairs in contact_sheet.png (default 6; 0: none)")
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default="auto", choices=DTYPES)
+    e.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
     u = commands.add_parser("ui", help="a local web UI: upload an image, paint the mask, type a prompt")
     u.add_argument("--model", action="append", default=None,
                    help="a model to offer (repeat for several; the first is loaded at start; default sd2). "
@@ -276,6 +308,30 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    from .eval import metrics as M
+    from .eval.run import EvalConfig, run_eval
+
+    names = [m.strip() for m in args.metrics.split(",")] if args.metrics else \
+        list(M.DEFAULT_METRICS) + (["lpips"] if M.lpips_available() else [])
+    models = {k: v for k, v in (("clip_model", args.clip_model), ("detector", args.detector),
+                                ("pickscore_model", args.pickscore_model), ("pickscore_processor", args.pickscore_processor),
+                                ("aesthetic_clip", args.aesthetic_clip), ("aesthetic_head", args.aesthetic_head)) if v}
+    config = EvalConfig(
+        coco=args.coco, out=args.out, methods=[m.strip() for m in args.methods.split(",") if m.strip()], model=args.model,
+        pairs_file=args.pairs, sample=args.sample, sample_seed=args.sample_seed, limit=args.limit, hull=not args.polygon,
+        size=args.size, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, rasg_eta=args.rasg_eta,
+        negative_prompt=args.negative_prompt, positive_prompt=args.positive_prompt, metrics=names,
+        pick_reference=args.pick_reference, contact_sheet=args.contact_sheet, device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype, local_files_only=args.local_files_only, **models)
+    markdown, failures = run_eval(config)
+    if markdown:
+        print(markdown)
+    for failure in failures:
+        print(f"hdpainter: failed: {failure.name}: {failure.message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def _check_port(host: str, port: int) -> None:
     import socket
 
@@ -336,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
         try:
-            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui}[args.command](args)
+            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui, "eval": evaluate}[args.command](args)
         except HDPainterError as exc:
             print(f"hdpainter: error: {exc}", file=sys.stderr)
             return 2

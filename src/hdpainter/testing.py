@@ -199,6 +199,59 @@ def save_upscaler_model(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def save_clip_model(directory: str | Path, seed: int = 0, projection_dim: int = 16) -> Path:
+    """A tiny CLIP (text and vision towers, 224 px input) with its processor, for the evaluation's metrics."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = make_tokenizer("sd1")
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                           num_hidden_layers=2),
+        projection_dim=projection_dim,
+    )
+    directory = Path(directory)
+    CLIPModel(config).save_pretrained(directory)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224), tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def save_detector(directory: str | Path, labels: list[str], seed: int = 0) -> Path:
+    """A tiny RT-DETR (the evaluation's detector family) over `labels`, with its image processor at 128 px."""
+    import torch
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig
+
+    torch.manual_seed(seed)
+    backbone = RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                  out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
+    config = RTDetrConfig(backbone_config=backbone, encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32,
+                          encoder_ffn_dim=64, encoder_attention_heads=2, d_model=32, decoder_in_channels=[32, 32, 32],
+                          decoder_ffn_dim=64, decoder_layers=2, decoder_attention_heads=2, num_queries=30,
+                          num_denoising=0, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    directory = Path(directory)
+    RTDetrForObjectDetection(config).save_pretrained(directory)
+    RTDetrImageProcessor(size={"height": 128, "width": 128}).save_pretrained(directory)
+    return directory
+
+
+def save_aesthetic_head(path: str | Path, dim: int = 16, seed: int = 0) -> Path:
+    """LAION's aesthetic MLP shape over a `dim`-wide CLIP embedding, random weights, saved as LAION's .pth is."""
+    import torch
+
+    from .eval.metrics import AestheticHead
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"layers.{k}": v for k, v in AestheticHead(dim).state_dict().items()}, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hdpainter.testing", description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="where to write the model folders (DIR/inpaint, DIR/upscaler)")

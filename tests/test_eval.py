@@ -356,6 +356,10 @@ def test_two_processes_split_the_pairs_and_rank_0_merges(coco_dir, tiny_model_di
     (["--limit", "0"], "--limit must be at least 1"),
     (["--sample", "50"], "only 5 polygon instances"),
     (["--pairs", "PAIRS"], "image_idx 99 is out of 0..3"),
+    (["--clip-model", "/no/such/clip"], "--clip-model /no/such/clip: /no/such/clip/config.json not found"),
+    (["--detector", "openai/some-detector", "--local-files-only"],
+     "--detector openai/some-detector is not in the local hub cache and the hub may not be used"),
+    (["--aesthetic-head", "camenduru/improved-aesthetic-predictor:head.pth", "--local-files-only"], "--aesthetic-head camenduru"),
 ])
 def test_bad_eval_input_is_one_line(capsys, coco_dir, tiny_model_dir, stand_ins, tmp_path, change, message):
     (tmp_path / "pairs.csv").write_text("image_idx,segment_idx\n1,0\n99,0\n")
@@ -367,3 +371,30 @@ def test_bad_eval_input_is_one_line(capsys, coco_dir, tiny_model_dir, stand_ins,
     code = cli.main(argv + change)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not list((tmp_path / "run").glob("results/*/*.png"))  # nothing generated before the error
+
+
+def test_lpips_compares_the_known_region_only():
+    """Our part of LPIPS (the lpips package itself needs torchvision and downloads AlexNet, so it is not
+    installed here): inputs scaled to [-1, 1] with the mask's region zeroed in both images."""
+    import torch
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, a, b):
+            seen.append((a.clone(), b.clone()))
+            return (a - b).abs().mean()
+
+    metric = M.KnownLPIPS()
+    metric.device, metric.net = "cpu", Net()
+    sample = tiny_sample()
+    changed = np.asarray(sample.image).copy()
+    changed[np.asarray(sample.mask) > 0] = 0  # only inside the mask: invisible to the metric
+    assert metric.score_one(sample, PIL.Image.fromarray(changed)) == 0.0
+    a, b = seen[-1]
+    inside = torch.from_numpy(np.asarray(sample.mask) > 0)
+    assert a.shape == (1, 3, 96, 128) and a[0][:, inside].abs().max() == 0 and b[0][:, inside].abs().max() == 0
+    assert a.min() >= -1 and a.max() <= 1 and a[0][:, ~inside].abs().max() > 0.5
+    changed[0, 0] = 255 - changed[0, 0]  # outside the mask: seen
+    assert metric.score_one(sample, PIL.Image.fromarray(changed)) > 0

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--methods", default="baseline,painta,rasg,painta+rasg", help="comma-separated (default: all four)")
     e.add_argument("--model", default="sd2", help="inpainting model (default sd2, the paper's)")
     e.add_argument("--pairs", default=None, help="the reference's pair list (CSV image_idx,segment_idx); default: our seeded sampler")
-    e.add_argument("--sample", type=int, default=10000, help="pairs the sampler draws (default 10000)")
+    e.add_argument("--sample", type=int, default=None, help="pairs the sampler draws (default 10000, or all if fewer)")
     e.add_argument("--sample-seed", type=int, default=0, help="the sampler's seed (default 0)")
     e.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     e.add_argument("--polygon", action="store_true", help="masks from the exact polygons instead of their convex hull")

@@ -25,6 +25,7 @@ PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 AESTHETIC_HEAD = "camenduru/improved-aesthetic-predictor:sac+logos+ava1-l14-linearMSE.pth"  # LAION's MLP, ViT-L/14
 CLIP_CROP = 224
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # older and newer transformers
 PSNR_CAP = 100.0  # dB, for a known region reproduced exactly (an infinite PSNR would swamp the mean)
 
 
@@ -44,6 +45,27 @@ class Metric:
 
     def describe(self) -> str:
         return self.name
+
+    def sources(self) -> list[tuple[str, tuple[str, ...], str]]:
+        """(model id or folder, files of which it must hold one, the option that names it) per model it loads."""
+        return []
+
+    def check_available(self, local_files_only: bool = False) -> None:
+        """Fail early, with one line, where a model cannot be had: a missing folder, or a hub model absent
+        from the local cache when the hub may not be used. (Online, the hub is asked when loading.)"""
+        import os
+
+        from huggingface_hub import try_to_load_from_cache
+
+        offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        for source, filenames, flag in self.sources():
+            path = Path(source).expanduser()
+            if path.exists() or source.startswith((".", "/", "~")):
+                if not any((path / f).is_file() for f in filenames):
+                    raise HDPainterError(f"{flag} {source}: {path / filenames[0]} not found")
+            elif offline and not any(isinstance(try_to_load_from_cache(source, f), str) for f in filenames):
+                raise HDPainterError(f"{flag} {source} is not in the local hub cache and the hub may not be used: "
+                                     f"download it on a connected machine or pass a local folder with {flag} DIR")
 
 
 def _load(cls, source: str, local_files_only: bool, what: str, **kwargs):
@@ -96,6 +118,9 @@ class ClipScore(Metric):
         cos = (images @ text.T)[:, 0].tolist()
         return {m: 100.0 * max(c, 0.0) for m, c in zip(methods, cos)}
 
+    def sources(self):
+        return [(self.model_id, ("config.json",), "--clip-model")]
+
     def describe(self):
         return f"CLIP score ({self.model_id}, mask box padded square, {CLIP_CROP} px)"
 
@@ -133,6 +158,9 @@ class Accuracy(Metric):
         x0, y0, x1, y1 = mask_box(sample.mask)
         return 1.0 if sample.prompt in self.detect(image.convert("RGB").crop((x0, y0, x1, y1))) else 0.0
 
+    def sources(self):
+        return [(self.model_id, ("config.json",), "--detector"), (self.model_id, PROCESSOR_FILES, "--detector")]
+
     def describe(self):
         return f"accuracy ({self.model_id}, class found in the mask box, score > {self.threshold})"
 
@@ -163,6 +191,10 @@ class PickScore(Metric):
         scores = dict(zip(methods, (scale * (images @ text.T)[:, 0]).tolist()))
         ref = scores[self.reference]
         return {m: 1.0 / (1.0 + math.exp(ref - s)) for m, s in scores.items()}  # 2-way softmax
+
+    def sources(self):
+        return [(self.model_id, ("config.json",), "--pickscore-model"),
+                (self.processor_id, PROCESSOR_FILES, "--pickscore-processor")]
 
     def describe(self):
         return f"PickScore preference over {self.reference} ({self.model_id})"
@@ -212,6 +244,11 @@ class Aesthetic(Metric):
         with torch.no_grad():
             values = self.head(features.to(next(self.head.parameters()).dtype))[:, 0].tolist()
         return dict(zip(methods, values))
+
+    def sources(self):
+        source, _, filename = self.head_id.rpartition(":")
+        head = [(source, (filename,), "--aesthetic-head")] if source and not Path(self.head_id).is_file() else []
+        return [(self.clip_id, ("config.json",), "--aesthetic-clip")] + head
 
     def describe(self):
         return f"LAION aesthetic ({self.clip_id} + {self.head_id})"

@@ -29,6 +29,7 @@ from .coco import EVAL_SIZE, Coco, Pair, read_pairs, sample_pairs, write_pairs
 from .stats import mean_interval, rate_interval
 
 METHODS = ("baseline", "painta", "rasg", "painta+rasg")
+PAPER_PAIRS = 10000
 EVAL_RASG_ETA = 0.25  # the reference's evaluation (its demo uses 0.1)
 PAPER_TABLE = {  # METHOD §7 / the paper's Table 2: SD 2 inpainting, 10,000 pairs
     "baseline": (24.86, 51.9), "painta": (25.24, 52.2), "rasg": (25.85, 62.0), "painta+rasg": (26.34, 61.4)}
@@ -41,7 +42,7 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     model: str = "sd2"
     pairs_file: str | None = None  # the reference's CSV; None: our seeded sampler
-    sample: int = 10000  # pairs drawn by the sampler
+    sample: int | None = None  # pairs drawn by the sampler; None: the paper's 10,000 (all there are, if fewer)
     sample_seed: int = 0
     limit: int | None = None  # only the first N pairs
     hull: bool = True  # False: the exact polygons
@@ -74,7 +75,7 @@ class EvalConfig:
             raise HDPainterError("a method is listed twice in --methods")
         if self.limit is not None and self.limit < 1:
             raise HDPainterError(f"--limit must be at least 1, got {self.limit}")
-        if self.sample < 1:
+        if self.sample is not None and self.sample < 1:
             raise HDPainterError(f"--sample must be at least 1, got {self.sample}")
         if not 1 <= self.steps <= 1000:
             raise HDPainterError(f"--steps must be in 1..1000, got {self.steps}")
@@ -97,7 +98,11 @@ class Failure:
 
 
 def choose_pairs(config: EvalConfig, coco: Coco) -> list[Pair]:
-    pairs = read_pairs(config.pairs_file) if config.pairs_file else sample_pairs(coco, config.sample, config.sample_seed)
+    if config.pairs_file:
+        pairs = read_pairs(config.pairs_file)
+    else:
+        count = config.sample if config.sample is not None else min(PAPER_PAIRS, len(coco.all_pairs()))
+        pairs = sample_pairs(coco, count, config.sample_seed)
     pairs = pairs[: config.limit] if config.limit else pairs
     for pair in pairs:
         coco.check(pair)
@@ -132,7 +137,7 @@ def _bar(items, desc: str, config: EvalConfig, rank: int, world: int):
                 disable=not config.progress, file=sys.stderr)
 
 
-def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, rank=0, world=1) -> list[Failure]:
+def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, dtype=None, rank=0, world=1) -> list[Failure]:
     """Each method's result for each pair not yet done, with the reference's protocol: the stage-1 output
     at the evaluation size (the whole decoded image, no super-resolution, no blending)."""
     import torch
@@ -142,7 +147,6 @@ def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, devic
     todo = [p for p in pairs if not all(result_path(out, m, p).exists() for m in config.methods)]
     if not todo:
         return []
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(config.dtype or "")
     pipe = load_inpaint_pipeline(config.model, device=device, dtype=dtype, local_files_only=config.local_files_only)
     pipe.set_progress_bar_config(disable=True)
     failures = []
@@ -356,12 +360,14 @@ def run_eval(config: EvalConfig) -> tuple[str | None, list[Failure]]:
         import torch
 
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device, _ = default_device_and_dtype(device, None)
+    device, dtype = default_device_and_dtype(device, config.dtype)
+    for metric in metric_objects(config):
+        metric.check_available(config.local_files_only)  # before hours of generation, not after
     if rank == 0:
         write_pairs(pairs, out / "pairs.csv")
     mine = pairs[rank::world]
     started = time.perf_counter()
-    failures = generate(config, coco, mine, out, device, rank, world)
+    failures = generate(config, coco, mine, out, device, dtype, rank, world)
     failures += score(config, coco, mine, out, device, rank, world)
     if world > 1:
         import torch.distributed as dist

@@ -34,6 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", default=None, help="the prompt for every item (a manifest's own prompts take precedence)")
     _add_generation_options(b)
     commands.add_parser("models", help="list the short model names and whether each is in the local hub cache")
+    d = commands.add_parser("demo", help="offline demo: a toy scene, a mask on empty background, the shipped toy model "
+                            "paints the prompt; writes a before/after PNG")
+    d.add_argument("--output", default="demo.png", help="the before/after image (default demo.png)")
+    d.add_argument("--prompt", default="a red circle", help="a colour (red, green, blue, yellow) and a shape (circle, square, triangle)")
+    d.add_argument("--seed", type=int, default=0, help="the scene's and the sampler's seed (default 0)")
+    d.add_argument("--method", default="painta+rasg", choices=("baseline", "painta", "rasg", "painta+rasg"))
+    d.add_argument("--steps", type=int, default=50)
+    d.add_argument("--guidance-scale", type=float, default=7.5)
+    d.add_argument("--model", default="toy", help="toy (default, shipped) or a folder of another toy-world model")
+    d.add_argument("--device", default=None)
     e = commands.add_parser("eval", help="the paper's MSCOCO evaluation: generate, score (CLIP, accuracy, PickScore, "
                             "aesthetics, known-region PSNR) and tabulate; resumable, data-parallel under torchrun")
     e.add_argument("--coco", required=True, help="COCO folder with annotations/instances_val2017.json and val2017/")
@@ -299,12 +309,42 @@ def models(args: argparse.Namespace) -> int:
     rows = [("name", "kind", "hub id", "in local cache")]
     for name, kind, repo, cached in known_models():
         default = name in (DEFAULT_INPAINT_MODEL, DEFAULT_UPSCALER)
-        rows.append((name + (" (default)" if default else ""), kind, repo, "yes" if cached else "no"))
+        if os.path.isabs(repo):  # shipped inside the package, not on the hub
+            repo, cached = "(shipped with hdpainter)", "yes (in the package)" if cached else "missing from this install"
+        rows.append((name + (" (default)" if default else ""), kind, repo, cached if isinstance(cached, str) else "yes" if cached else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
     print(f"\ncache: {constants.HF_HUB_CACHE} (set HF_HOME or HF_HUB_CACHE to move it). --model and --upscaler "
           "also take any hub id or a local diffusers folder; --local-files-only never contacts the hub.")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .painter import HDPainter, InpaintRequest
+    from .toy import world
+    from .toy.demo import TOY_WORKING_SIZE, before_after, demo_scene, parse_prompt
+
+    parse_prompt(args.prompt)
+    output = Path(args.output)
+    image_format(output)
+    if not output.parent.is_dir():
+        raise HDPainterError(f"output folder does not exist: {output.parent}")
+    if not 1 <= args.steps <= 1000:
+        raise HDPainterError(f"--steps must be in 1..1000, got {args.steps}")
+    image, mask = demo_scene(args.seed)
+    painter = HDPainter.from_pretrained(args.model, upscaler=None, device=args.device)
+    request = InpaintRequest(args.prompt, method=args.method, num_inference_steps=args.steps,
+                             guidance_scale=args.guidance_scale, negative_prompt="", positive_prompt="", seed=args.seed,
+                             working_size=TOY_WORKING_SIZE, sr_method="bicubic", extra={"model": args.model})
+    result = painter(image, mask, request)[0]
+    found = world.classify(result, mask)
+    save_image(before_after(image, mask, result, args.prompt, found), output,
+               request.metadata() | {"scorer_sees": " ".join(v or "-" for v in found)})
+    print(output)
+    print(f"scorer sees in the mask: {' '.join(v for v in found if v) or 'no shape'} (asked for {args.prompt!r})", file=sys.stderr)
     return 0
 
 
@@ -392,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
         try:
-            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui, "eval": evaluate}[args.command](args)
+            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui, "eval": evaluate, "demo": demo}[args.command](args)
         except HDPainterError as exc:
             print(f"hdpainter: error: {exc}", file=sys.stderr)
             return 2

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from .errors import HDPainterError
 
+TOY_MODEL = str(Path(__file__).resolve().parent / "toy" / "model")  # shipped in the package (hdpainter.toy)
+
 INPAINT_MODELS = {
     "sd2": "stabilityai/stable-diffusion-2-inpainting",  # the paper's backbone
     "sd15": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     "ds8": "Lykon/dreamshaper-8-inpainting",  # the reference code's default
+    "toy": TOY_MODEL,  # the toy world's model, 256 px (python -m hdpainter.toy.train)
 }
 DEFAULT_INPAINT_MODEL = "sd2"
 UPSCALER_MODELS = {
@@ -23,6 +26,9 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
     """A short name, hub id ("org/name"), local folder or single checkpoint file → what to load."""
     if name in known:
+        if known[name] == TOY_MODEL and not Path(TOY_MODEL, "model_index.json").is_file():
+            raise HDPainterError("the toy model is not shipped in this version yet: train one with "
+                                 "`python -m hdpainter.toy.train --out DIR` and pass --model DIR")
         return known[name]
     path = Path(name).expanduser()
     if path.exists():
@@ -42,6 +48,8 @@ def is_cached(repo_id: str) -> bool:
     """Whether `repo_id`'s model_index.json is in the local hub cache (HF_HOME / HF_HUB_CACHE are respected)."""
     from huggingface_hub import try_to_load_from_cache
 
+    if os.path.isabs(repo_id):  # a model shipped in the package
+        return os.path.isfile(os.path.join(repo_id, "model_index.json"))
     return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 

@@ -1,0 +1,153 @@
+"""A synthetic world of coloured shapes: scenes, prompts, masks, and a deterministic scorer.
+
+Scenes hold 1–3 axis-aligned shapes (circle, square, upright triangle) in four saturated colours on a
+pale, softly graded background. Prompts name one shape ("a red circle"). The scorer reads the colour
+and shape inside a mask from pixel statistics alone: saturated pixels vote for the nearest colour, and
+the largest blob of that colour is a square, circle or triangle by how much of its box it fills
+(1, π/4 ≈ 0.79, 1/2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+from PIL import ImageDraw
+
+SIZE = 256
+COLORS = {"red": (214, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (235, 200, 35)}
+SHAPES = ("circle", "square", "triangle")
+RADIUS = (22, 46)  # half the side of a shape's box, in pixels at SIZE
+SATURATION = 90  # max − min channel above this: a shape's pixel (the background stays below 40)
+MIN_SHAPE_PIXELS = 60  # fewer saturated pixels than this in a mask: no shape there
+SQUARE_FILL, CIRCLE_FILL = 0.89, 0.64  # fill-ratio boundaries: square above, circle between, triangle below
+
+
+@dataclass(frozen=True)
+class Shape:
+    shape: str
+    color: str
+    cx: int
+    cy: int
+    r: int
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.color} {self.shape}"
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), end exclusive."""
+        return self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, fill) -> None:
+    x0, y0, x1, y1 = shape.box
+    if shape.shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif shape.shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    else:
+        draw.polygon([(shape.cx, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+
+
+def background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A pale two-tone vertical gradient with a little noise: (size, size, 3) float."""
+    top, bottom = (rng.uniform(170, 240) + rng.uniform(-18, 18, 3) for _ in range(2))
+    t = np.linspace(0.0, 1.0, size)[:, None, None]
+    image = top * (1 - t) + bottom * t + rng.normal(0, 2.0, (size, size, 3))
+    return np.broadcast_to(image, (size, size, 3)).copy()
+
+
+def render(shapes: list[Shape], base: np.ndarray) -> PIL.Image.Image:
+    image = PIL.Image.fromarray(np.clip(base + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for shape in shapes:
+        draw_shape(draw, shape, COLORS[shape.color])
+    return image
+
+
+def random_shapes(rng: np.random.Generator, count: int, size: int = SIZE, avoid=()) -> list[Shape]:
+    """`count` non-overlapping shapes (boxes 6 px apart), fully inside the image."""
+    shapes = list(avoid)
+    for _ in range(200 * count):
+        if len(shapes) == len(avoid) + count:
+            break
+        r = int(rng.integers(RADIUS[0], RADIUS[1] + 1))
+        cx, cy = (int(v) for v in rng.integers(r + 4, size - r - 4, 2))
+        candidate = Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), cx, cy, r)
+        if all(abs(cx - s.cx) > r + s.r + 6 or abs(cy - s.cy) > r + s.r + 6 for s in shapes):
+            shapes.append(candidate)
+    return shapes[len(avoid):]
+
+
+@dataclass
+class Scene:
+    image: PIL.Image.Image
+    shapes: list[Shape]
+    base: np.ndarray  # the background alone
+
+
+def random_scene(rng: np.random.Generator, size: int = SIZE, count: tuple[int, int] = (1, 3)) -> Scene:
+    base = background(rng, size)
+    shapes = random_shapes(rng, int(rng.integers(count[0], count[1] + 1)), size)
+    return Scene(render(shapes, base), shapes, base)
+
+
+def box_mask(box: tuple[int, int, int, int], size: int = SIZE, grow: int = 0) -> PIL.Image.Image:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((size, size), np.uint8)
+    mask[max(y0 - grow, 0):min(y1 + grow, size), max(x0 - grow, 0):min(x1 + grow, size)] = 255
+    return PIL.Image.fromarray(mask, "L")
+
+
+def free_box(rng: np.random.Generator, shapes: list[Shape], r: int, size: int = SIZE, margin: int = 4):
+    """A square box of half-side r that touches no shape (None if none is found)."""
+    for _ in range(300):
+        cx, cy = (int(v) for v in rng.integers(r + margin, size - r - margin, 2))
+        if all(abs(cx - s.cx) > r + s.r + margin or abs(cy - s.cy) > r + s.r + margin for s in shapes):
+            return cx - r, cy - r, cx + r, cy + r
+    return None
+
+
+def classify(image: PIL.Image.Image, mask: PIL.Image.Image | None = None) -> tuple[str | None, str | None]:
+    """(colour, shape) of the dominant shape inside `mask` (the whole image if None), or (None, None)."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
+    inside = np.ones(rgb.shape[:2], bool) if mask is None else np.asarray(mask.convert("L")) > 127
+    saturated = (rgb.max(-1) - rgb.min(-1) > SATURATION) & inside
+    if saturated.sum() < MIN_SHAPE_PIXELS:
+        return None, None
+    nearest = nearest_color(rgb, saturated)
+    votes = np.bincount(nearest[saturated], minlength=len(COLORS))
+    color = int(votes.argmax())
+    blob = (saturated & (nearest == color)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(blob, connectivity=8)
+    if count < 2:
+        return list(COLORS)[color], None
+    largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+    area, w, h = (int(stats[largest, k]) for k in (cv2.CC_STAT_AREA, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    if area < MIN_SHAPE_PIXELS:
+        return list(COLORS)[color], None
+    fill = area / float(w * h)
+    shape = "square" if fill > SQUARE_FILL else "circle" if fill > CIRCLE_FILL else "triangle"
+    return list(COLORS)[color], shape
+
+
+def nearest_color(rgb: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Index into COLORS of the nearest palette colour (squared RGB distance) at `where`; −1 elsewhere."""
+    palette = np.array(list(COLORS.values()), np.int32)
+    nearest = np.full(rgb.shape[:2], -1, np.int64)
+    nearest[where] = np.argmin(((rgb[where][:, None, :] - palette) ** 2).sum(-1), axis=-1)
+    return nearest
+
+
+def color_fraction(image: PIL.Image.Image, mask: PIL.Image.Image, color: str) -> float:
+    """Share of the mask's pixels that are saturated and nearest to `color`."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
+    inside = np.asarray(mask.convert("L")) > 127
+    saturated = (rgb.max(-1) - rgb.min(-1) > SATURATION) & inside
+    hit = saturated & (nearest_color(rgb, saturated) == list(COLORS).index(color))
+    return float(hit.sum()) / max(int(inside.sum()), 1)

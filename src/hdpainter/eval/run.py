@@ -96,6 +96,12 @@ class Failure:
     name: str
     message: str
 
+    @classmethod
+    def of(cls, name: str, exc: Exception) -> "Failure":
+        if isinstance(exc, HDPainterError):
+            return cls(name, str(exc))
+        return cls(name, f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300])
+
 
 def choose_pairs(config: EvalConfig, coco: Coco) -> list[Pair]:
     if config.pairs_file:
@@ -165,12 +171,10 @@ def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, devic
                 save_image(image, path, {"pair": pair.name, "image_id": sample.image_id, "prompt": sample.prompt,
                                          "method": method, "model": config.model, "seed": config.seed,
                                          "steps": config.steps, "rasg_eta": config.rasg_eta})
-        except HDPainterError as exc:
-            failures.append(Failure(pair.name, str(exc)))
         except (MemoryError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            failures.append(Failure(pair.name, f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]))
+        except Exception as exc:  # one broken pair must not stop the others
+            failures.append(Failure.of(pair.name, exc))
     del pipe
     return failures
 
@@ -219,12 +223,10 @@ def score(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, 
             if "pickscore" in names:
                 scores["_pickscore_reference"] = config.reference
             write_json(scores, path)
-        except HDPainterError as exc:
-            failures.append(Failure(pair.name, str(exc)))
         except (MemoryError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            failures.append(Failure(pair.name, f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]))
+        except Exception as exc:  # one broken pair must not stop the others
+            failures.append(Failure.of(pair.name, exc))
     return failures
 
 

@@ -174,7 +174,7 @@ class HDPainter:
         """Load `model` and `upscaler` (None: no stage-2 diffusion) onto `device` (default: the best available)
         in `dtype` (default: float16 on CUDA). `cpu_offload` keeps each model on the CPU until it runs (needs
         a GPU; accelerate's model offload); `attention_slicing` and `vae_tiling` trade speed for memory."""
-        from .models import default_device_and_dtype, load_inpaint_pipeline, load_upscale_pipeline
+        from .models import default_device_and_dtype, load_upscale_pipeline
 
         device, dtype = default_device_and_dtype(device, dtype)
         if cpu_offload and device.type != "cuda":
@@ -185,21 +185,13 @@ class HDPainter:
         if upscaler is not None:  # first: the smaller download, and the one most often missing
             sr = _place(load_upscale_pipeline(upscaler, device=None if cpu_offload else device, dtype=dtype,
                                               local_files_only=local_files_only), options)
-        pipeline = _place(load_inpaint_pipeline(model, device=None if cpu_offload else device, dtype=dtype,
-                                                local_files_only=local_files_only), options)
-        return cls(pipeline, sr, model, upscaler, options)
+        return cls(_load_inpaint(model, options), sr, model, upscaler, options)
 
     def with_model(self, model: str) -> "HDPainter":
         """Another inpainting model loaded as this one was, sharing this painter's upscaler (self is unchanged)."""
-        from .models import load_inpaint_pipeline
-
         if model == self.model_name:
             return self
-        options = self.load_options
-        device = options.get("device")
-        pipeline = load_inpaint_pipeline(model, device=None if options.get("cpu_offload") else device,
-                                         dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False))
-        return HDPainter(_place(pipeline, options), self.upscaler, model, self.upscaler_name, options)
+        return HDPainter(_load_inpaint(model, self.load_options), self.upscaler, model, self.upscaler_name, self.load_options)
 
     def __call__(self, image, mask, request: InpaintRequest, progress: bool = True, on_step=None) -> list[PIL.Image.Image]:
         """Inpaint `mask` (white = fill) of `image`; returns `request.num_samples` images of the input's size.
@@ -251,6 +243,15 @@ class HDPainter:
         if request.mask_feather > 0:
             outputs = [imgs.feather_paste(image, out, mask, request.mask_feather) for out in outputs]
         return outputs
+
+
+def _load_inpaint(model: str, options: dict):
+    """An inpainting pipeline loaded and placed with HDPainter.from_pretrained's options."""
+    from .models import load_inpaint_pipeline
+
+    device = None if options.get("cpu_offload") else options.get("device")
+    return _place(load_inpaint_pipeline(model, device=device, dtype=options.get("dtype"),
+                                        local_files_only=options.get("local_files_only", False)), options)
 
 
 def _place(pipe, options: dict):

@@ -128,6 +128,15 @@ def distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local
 
 
+def rank_device(device: str | None, world: int, local: int) -> str | None:
+    """The device a process uses: as asked, or under a multi-process launch its own GPU (cuda:LOCAL_RANK), or the CPU."""
+    if world == 1 or device is not None:
+        return device
+    import torch
+
+    return f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+
+
 def finished(item: BatchItem, out_dir: Path, num_samples: int) -> bool:
     return all(p.exists() for p in output_paths(str(out_dir / f"{item.name}{OUTPUT_SUFFIX}"), num_samples))
 

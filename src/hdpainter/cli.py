@@ -243,7 +243,7 @@ def batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import images
-    from .batch import collect_items, distributed, finished, run_items
+    from .batch import collect_items, distributed, finished, rank_device, run_items
     from .painter import check_request
 
     check_options(args)
@@ -254,11 +254,7 @@ def batch(args: argparse.Namespace) -> int:
         raise HDPainterError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
     items = collect_items(args.input, args.prompt)
     rank, world, local = distributed()
-    device = args.device
-    if world > 1 and device is None:
-        import torch
-
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = rank_device(args.device, world, local)
     pending = [i for i in items[rank::world] if not i.error and not finished(i, out_dir, args.num_samples)]
     upscale = not args.no_upscale and args.sr_method != "bicubic" and any(_long_side(i.image) > args.working_size for i in pending)
     painter = load_painter(args, upscale, device) if pending else None  # model errors end the batch here, once

@@ -345,7 +345,7 @@ def contact_sheet(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, 
 def run_eval(config: EvalConfig) -> tuple[str | None, list[Failure]]:
     """The whole evaluation (this process's share under torch.distributed); returns rank 0's Markdown table
     (None on other ranks) and this process's failures."""
-    from ..batch import distributed
+    from ..batch import distributed, rank_device
     from ..models import default_device_and_dtype
 
     config.check()
@@ -357,12 +357,7 @@ def run_eval(config: EvalConfig) -> tuple[str | None, list[Failure]]:
     except OSError as exc:
         raise HDPainterError(f"cannot create the run folder {out}: {exc.strerror}") from None
     rank, world, local = distributed()
-    device = config.device
-    if world > 1 and device is None:
-        import torch
-
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device, dtype = default_device_and_dtype(device, config.dtype)
+    device, dtype = default_device_and_dtype(rank_device(config.device, world, local), config.dtype)
     for metric in metric_objects(config):
         metric.check_available(config.local_files_only)  # before hours of generation, not after
     if rank == 0:

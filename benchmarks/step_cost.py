@@ -90,8 +90,8 @@ def make_step(unet, cond, latents, method: str, t: int):
 
     def step():
         with torch.no_grad(), guided_attention(unet):
-            out, direction = guided_prediction(unet, latents, t, cond, 7.5, guidance, on and t > guidance.painta_until_t, on)
-        assert torch.isfinite(out).all() and (direction is None or torch.isfinite(direction).all())
+            out, gradient = guided_prediction(unet, latents, t, cond, 7.5, guidance, on and t > guidance.painta_until_t, on)
+        assert torch.isfinite(out).all() and (gradient is None or torch.isfinite(gradient).all())
 
     return step
 

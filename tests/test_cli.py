@@ -274,3 +274,21 @@ def test_ui_port_in_use_is_one_line_before_any_loading(capsys, tiny_model_dir):
         port = busy.getsockname()[1]
         code, out, err = run_cli(capsys, "ui", "--model", str(tiny_model_dir), "--upscaler", "none", "--port", str(port))
     assert code == 2 and err == f"hdpainter: error: cannot listen on 127.0.0.1:{port}: the port is in use; choose another with --port or --host\n"
+
+
+def test_vanilla_guidance_ablation_from_the_command_line(capsys, files, tiny_model_dir):
+    """--method vanilla-guidance --vanilla-scale s reaches the sampler: s = 0 is plain DDIM (the baseline,
+    up to the split of the CFG halves), a large s changes the fill; both are recorded in the metadata."""
+    outputs = {}
+    for method, scale in (("baseline", "0"), ("vanilla-guidance", "0"), ("vanilla-guidance", "30000")):
+        out = files / f"{method}-{scale}.png"
+        code, _, err = run_cli(capsys, "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
+                               "--prompt", "a boat", "--output", str(out), "--model", str(tiny_model_dir), "--method", method,
+                               "--vanilla-scale", scale, "--working-size", "256", *STEPS)
+        assert code == 0, err
+        params = json.loads(PIL.Image.open(out).info["parameters"])
+        assert params["method"] == method and params["vanilla_scale"] == float(scale)
+        outputs[method, scale] = np.asarray(PIL.Image.open(out), dtype=int)
+    base = outputs["baseline", "0"]
+    assert np.abs(outputs["vanilla-guidance", "0"] - base).max() <= 2
+    assert np.abs(outputs["vanilla-guidance", "30000"] - base).max() > 20

@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
+from .defaults import METHODS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE, VANILLA_SCALE
 from .errors import HDPainterError
 from .outputs import image_format, output_paths, save_image
 
@@ -39,9 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="demo.png", help="the before/after image (default demo.png)")
     d.add_argument("--prompt", default="a red circle", help="a colour (red, green, blue, yellow) and a shape (circle, square, triangle)")
     d.add_argument("--seed", type=int, default=0, help="the scene's and the sampler's seed (default 0)")
-    d.add_argument("--method", default="painta+rasg", choices=("baseline", "painta", "rasg", "painta+rasg"))
+    d.add_argument("--method", default="painta+rasg", choices=METHODS)
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--guidance-scale", type=float, default=7.5)
+    d.add_argument("--vanilla-scale", type=float, default=VANILLA_SCALE, help="s of --method vanilla-guidance")
     d.add_argument("--model", default="toy", help="toy (default, shipped) or a folder of another toy-world model")
     d.add_argument("--device", default=None)
     e = commands.add_parser("eval", help="the paper's MSCOCO evaluation: generate, score (CLIP, accuracy, PickScore, "
@@ -97,13 +98,16 @@ def _parser() -> argparse.ArgumentParser:
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
     """The options `inpaint` and `batch` share."""
     p.add_argument("--model", default="sd2", help="sd2 (default), sd15, ds8, a hub id or a local diffusers folder / .safetensors file")
-    p.add_argument("--method", default="painta+rasg", choices=("baseline", "painta", "rasg", "painta+rasg"))
+    p.add_argument("--method", default="painta+rasg", choices=METHODS,
+                   help="painta+rasg (default, HD-Painter), painta, rasg, baseline (plain inpainting), or the ablation "
+                        "vanilla-guidance (Eq. 6 post-hoc guidance instead of RASG)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--seed", type=int, default=1, help="seed; sample k uses seed + 1000·k (default 1)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--rasg-eta", type=float, default=0.1, help="RASG η (reference 0.1; the paper's evaluation used 0.25)")
     p.add_argument("--rasg-sigma", default="reference", choices=("reference", "paper"), help="σ of RASG's step (see README)")
+    p.add_argument("--vanilla-scale", type=float, default=VANILLA_SCALE, help=f"s of --method vanilla-guidance (default {VANILLA_SCALE:g})")
     p.add_argument("--negative-prompt", default=REFERENCE_NEGATIVE_PROMPT, help="default: the reference's negative prompt; '' for none")
     p.add_argument("--positive-prompt", default=REFERENCE_POSITIVE_PROMPT, help="appended to the prompt; default: the reference's; '' for none")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
@@ -142,7 +146,7 @@ def make_request(args: argparse.Namespace, prompt: str, seed: int | None = None,
 
     return InpaintRequest(
         prompt=prompt, method=args.method, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma,
+        rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, vanilla_scale=args.vanilla_scale,
         negative_prompt=args.negative_prompt if negative_prompt is None else negative_prompt,
         positive_prompt=args.positive_prompt, seed=args.seed if seed is None else seed, num_samples=args.num_samples,
         working_size=args.working_size, upscale=not args.no_upscale, sr_method=args.sr_method, sr_steps=args.sr_steps,
@@ -334,7 +338,8 @@ def demo(args: argparse.Namespace) -> int:
     painter = HDPainter.from_pretrained(args.model, upscaler=None, device=args.device)
     request = InpaintRequest(args.prompt, method=args.method, num_inference_steps=args.steps,
                              guidance_scale=args.guidance_scale, negative_prompt="", positive_prompt="", seed=args.seed,
-                             working_size=TOY_WORKING_SIZE, sr_method="bicubic", extra={"model": args.model})
+                             working_size=TOY_WORKING_SIZE, sr_method="bicubic", vanilla_scale=args.vanilla_scale,
+                             extra={"model": args.model})
     result = painter(image, mask, request)[0]
     found = world.classify(result, mask)
     save_image(before_after(image, mask, result, args.prompt, found), output,

@@ -18,13 +18,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import images as imgs
 from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_attention
-from .core.rasg import ddim_sigma, normalize_gradient, rasg_objective
+from .core.rasg import ddim_sigma, normalize_gradient, rasg_objective, vanilla_guidance
 from .core.sampling import ddim_step, split_prediction, trailing_timesteps
 from .core.tokens import prompt_token_indices
-from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT
+from .defaults import METHODS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE
 from .errors import HDPainterError
 
-METHODS = ("baseline", "painta", "rasg", "painta+rasg")
 LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
 RASG_SIGMAS = ("reference", "paper")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -40,10 +39,11 @@ class GuidanceConfig:
     rasg_logit_offset: float = 1.0  # BCE-with-logits(Ā − offset, M)
 
 
-def _method_flags(method: str) -> tuple[bool, bool]:
+def _method_flags(method: str) -> tuple[bool, bool, bool]:
+    """(PAIntA, RASG, vanilla post-hoc guidance) of a method name."""
     if method not in METHODS:
         raise HDPainterError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    return method in ("painta", "painta+rasg"), method in ("rasg", "painta+rasg")
+    return method in ("painta", "painta+rasg"), method in ("rasg", "painta+rasg"), method == "vanilla-guidance"
 
 
 def _as_list(value, name: str) -> list:
@@ -86,18 +86,19 @@ def _unet(unet, x, t, embeds, cond: Conditioning, role, painta_divisors=(), rasg
 
 def guided_prediction(
     unet, latents: torch.Tensor, t: int, cond: Conditioning, guidance_scale: float, guidance: GuidanceConfig,
-    painta_on: bool, rasg_on: bool,
+    painta_on: bool, gradient_on: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One UNet evaluation of a sampling step: the CFG-combined output, and RASG's direction g (or None).
+    """One UNet evaluation of a sampling step: the CFG-combined output, and ∇_{x_t} L of RASG's objective
+    (float32; None unless `gradient_on`).
 
-    Call inside `guided_attention(unet)`. Without RASG: one batched [uncond; cond] pass. With RASG: the
-    conditional half with gradients w.r.t. x_t only (weights need no grad), then the unconditional half
+    Call inside `guided_attention(unet)`. Without the gradient: one batched [uncond; cond] pass. With it:
+    the conditional half with gradients w.r.t. x_t only (weights need no grad), then the unconditional half
     outside the graph, reusing the conditional half's PAIntA relevance maps.
     """
     painta = tuple(guidance.painta_grids) if painta_on else ()
     do_cfg = cond.uncond_embeds is not None
-    direction = None
-    if rasg_on:
+    gradient = None
+    if gradient_on:
         x = latents.detach().requires_grad_(True)
         with torch.enable_grad():  # the last RASG layer switches recording off for the rest of the pass; this restores it
             out_cond, state = _unet(unet, x, t, cond.cond_embeds, cond, "cond", painta, (guidance.rasg_grid,))
@@ -106,7 +107,7 @@ def guided_prediction(
                                   guidance.rasg_logit_offset)
             (grad,) = torch.autograd.grad(loss.sum() * LOSS_SCALE, x)
         out_cond = out_cond.detach()
-        direction = normalize_gradient(-grad)  # towards lower L: the reference's +∇score
+        gradient = grad.float() / LOSS_SCALE
         if do_cfg:
             out_uncond, _ = _unet(unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance)
     elif do_cfg:
@@ -115,8 +116,8 @@ def guided_prediction(
     else:
         out_cond, _ = _unet(unet, latents, t, cond.cond_embeds, cond, "cond", painta)
     if not do_cfg:
-        return out_cond, direction
-    return out_uncond + guidance_scale * (out_cond - out_uncond), direction
+        return out_cond, gradient
+    return out_uncond + guidance_scale * (out_cond - out_uncond), gradient
 
 
 class HDPainterPipeline(StableDiffusionInpaintPipeline):
@@ -158,6 +159,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         guidance_scale: float = 7.5,
         rasg_eta: float = 0.1,
         rasg_sigma: str = "reference",
+        vanilla_scale: float = VANILLA_SCALE,
         negative_prompt: str | list[str] | None = REFERENCE_NEGATIVE_PROMPT,
         positive_prompt: str | None = REFERENCE_POSITIVE_PROMPT,
         num_images_per_prompt: int = 1,
@@ -176,11 +178,14 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             prompt: one prompt or a list (a batch).
             image, mask_image: PIL images, (H, W[, C]) arrays or (C, H, W) tensors in [0, 1]; one for all
                 prompts or one per prompt, all of the same size. Non-binary masks are thresholded at 127.
-            method: "baseline", "painta", "rasg" or "painta+rasg" (the full HD-Painter).
+            method: "baseline", "painta", "rasg" or "painta+rasg" (the full HD-Painter); "vanilla-guidance" is
+                the paper's ablation of RASG: ε̂ ← ε̂ + √(1 − ᾱ_t)·s·∇L at every step (Eq. 6), η = 0.
             num_inference_steps: DDIM steps, "trailing" spacing (999, 979, …, 19 for 50).
             guidance_scale: classifier-free guidance scale; ≤ 1 disables the unconditional pass.
             rasg_eta: η of RASG's generalised DDIM step (reference 0.1; the paper's evaluation 0.25).
             rasg_sigma: "reference" (per-step α, as the authors' code) or "paper" (cumulative ᾱ).
+            vanilla_scale: s of "vanilla-guidance", on the gradient of RASG's objective L (mean over the
+                H/32 grid's cells, as the reference's; the paper's Eq. 9 sums over them).
             negative_prompt: the unconditional prompt; default the reference's list, "" or None for none.
             positive_prompt: appended as f"{prompt}, {positive_prompt}"; default the reference's, "" or None for none.
             num_images_per_prompt: samples per prompt.
@@ -192,7 +197,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             guidance: where and when PAIntA and RASG act (reference values by default).
         """
         # 1. Check inputs
-        use_painta, use_rasg = _method_flags(method)
+        use_painta, use_rasg, use_vanilla = _method_flags(method)
         if rasg_sigma not in RASG_SIGMAS:
             raise HDPainterError(f"rasg_sigma must be one of {', '.join(RASG_SIGMAS)}; got {rasg_sigma!r}")
         if output_type not in OUTPUT_TYPES:
@@ -231,6 +236,10 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         # 3. Text: embeddings of [negative; full prompt], and ind(τ) of each sample
         token_mask = self.token_mask(prompts, full_prompts).repeat_interleave(num_images_per_prompt, 0).to(device)
         cond_embeds, uncond_embeds = self.encode_prompt(full_prompts, device, num_images_per_prompt, do_cfg, negatives)
+        # transformers loads a half-precision text encoder as saved while diffusers loads the UNet in float32
+        # unless torch_dtype is given: the UNet's dtype rules
+        cond_embeds = cond_embeds.to(dtype)
+        uncond_embeds = uncond_embeds.to(dtype) if uncond_embeds is not None else None
 
         # 4. UNet conditioning: mask on the latent grid ("!= 0") and E(masked image)
         mask_latent = torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, LATENT_FACTOR, "any")) for p in prepared])
@@ -271,8 +280,12 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
                 last = i == len(timesteps) - 1
                 painta_on = use_painta and t > guidance.painta_until_t
                 rasg_on = use_rasg and not last  # the last step returns x̂0, which RASG's term does not reach
-                model_output, direction = guided_prediction(self.unet, latents, t, cond, guidance_scale, guidance, painta_on, rasg_on)
+                model_output, gradient = guided_prediction(self.unet, latents, t, cond, guidance_scale, guidance, painta_on,
+                                                           rasg_on or use_vanilla)
                 x0, eps = split_prediction(model_output.float(), latents.float(), float(alpha_bar[t]), prediction_type)
+                if use_vanilla and alpha_bar[t] > 0:  # at ᾱ_t = 0 (zero terminal SNR) ε̂ does not reach x̂0
+                    eps = vanilla_guidance(eps, gradient, float(alpha_bar[t]), vanilla_scale)
+                    x0, eps = split_prediction(eps, latents.float(), float(alpha_bar[t]), "epsilon")
                 if last:
                     latents = x0.to(dtype)
                 else:
@@ -281,6 +294,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
                     if rasg_on:
                         a_t, a_prev = (alpha[t], alpha[t_prev]) if rasg_sigma == "reference" else (alpha_bar[t], alpha_bar[t_prev])
                         noise_scale = rasg_eta * ddim_sigma(float(a_t), float(a_prev))
+                    direction = normalize_gradient(-gradient) if rasg_on else None  # towards lower L: the reference's +∇score
                     latents = ddim_step(x0, eps, float(alpha_bar[t_prev]), noise_scale, direction).to(dtype)
 
                 if callback_on_step_end is not None:

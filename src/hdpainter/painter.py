@@ -19,7 +19,7 @@ import PIL.Image
 from . import images as imgs
 from .core.blend import POISSON_DILATION, POISSON_PAD, blend_region, poisson_blend
 from .errors import HDPainterError
-from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
+from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE, VANILLA_SCALE
 
 REFERENCE_SIZE = 2048  # the long side at which the reference blends (its fixed output size)
 WINDOW_MARGIN = 4  # pixels kept around the Poisson blend region in the window it is solved on
@@ -49,6 +49,7 @@ class InpaintRequest:
     blend_pad: int = POISSON_PAD
     vae_tiling: bool | None = None  # stage 2's VAE in tiles: None = for regions above 1 MP, True = always, False = never
     mask_feather: int = 0  # > 0: the result goes over the input through the mask blurred across its edge by this many px
+    vanilla_scale: float = VANILLA_SCALE  # s of method "vanilla-guidance" (the paper's Eq. 6 ablation)
     extra: dict = field(default_factory=dict)  # recorded alongside (model name, …)
 
     def sr_config(self):
@@ -227,6 +228,7 @@ class HDPainter:
             guidance_scale=request.guidance_scale,
             rasg_eta=request.rasg_eta,
             rasg_sigma=request.rasg_sigma,
+            vanilla_scale=request.vanilla_scale,
             negative_prompt=request.negative_prompt,
             positive_prompt=request.positive_prompt,
             num_images_per_prompt=request.num_samples,

@@ -41,3 +41,11 @@ def ddim_sigma(alpha_t: float, alpha_prev: float) -> float:
         return 0.0
     value = (1.0 - alpha_prev) / (1.0 - alpha_t) * (1.0 - alpha_t / alpha_prev)
     return max(value, 0.0) ** 0.5
+
+
+def vanilla_guidance(eps: torch.Tensor, grad: torch.Tensor, alpha_bar: float, scale: float) -> torch.Tensor:
+    """ε̂ + √(1 − ᾱ_t)·s·∇L: the paper's vanilla post-hoc guidance (Eq. 6), the ablation RASG replaces.
+
+    `grad` is ∇_{x_t} of the objective to lower (RASG's L); the DDIM step then moves x̂0 against it.
+    """
+    return eps + (1.0 - alpha_bar) ** 0.5 * scale * grad.to(eps.dtype)

@@ -1,12 +1,14 @@
 """Prompt faithfulness on the toy world: a small replication of the paper's ablation (its Table 2).
 
-    python benchmarks/toy_faithfulness.py [--cases 40] [--scales 3,7.5] [--steps 50] [--out DIR]
+    python benchmarks/toy_faithfulness.py [--cases 36] [--scales 1.5,3,7.5] [--steps 50] [--out DIR]
 
 Held-out cases (seeds apart from training's) built to provoke prompt neglect: the prompt asks for a
 colour and shape that differ from every shape in the scene, and the mask lies on empty background,
 next to a shape (touching its box), or over a shape (covering it). Each case runs with baseline,
-painta, rasg and painta+rasg at each guidance scale, with the same seed. The scorer reads the colour
-and shape in the mask; the table gives accuracy (colour, shape, both) with Wilson 95 % intervals, and
+painta, rasg, painta+rasg and the vanilla post-hoc guidance ablation (Eq. 6) at each guidance scale,
+with the same seed; RASG with the paper's evaluation η = 0.25. The scorer reads the colour and shape
+in the mask; the table gives accuracy (colour, shape, both) with Wilson 95 % intervals, the paired
+comparison with the baseline on the same cases (cases won / lost, exact sign-test p), and
 the cross-attention in-mask / out-of-mask ratio of the prompt's tokens at H/16 and H/32: the result is
 encoded, noised to t = 500 (fixed noise) and passed once through the UNet, whose cross-attention
 probabilities (softmax over the prompt's tokens ind(τ)) are averaged over heads and layers of each grid.
@@ -18,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,57 +28,14 @@ import PIL.Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hdpainter.eval.stats import rate_interval  # noqa: E402
+from hdpainter.defaults import METHODS, VANILLA_SCALE  # noqa: E402
+from hdpainter.eval.run import EVAL_RASG_ETA  # noqa: E402
+from hdpainter.eval.stats import rate_interval, sign_test  # noqa: E402
+from hdpainter.inpaint import RASG_SIGMAS  # noqa: E402
 from hdpainter.toy import world  # noqa: E402
+from hdpainter.toy.world import PLACEMENTS, NeglectCase, neglect_cases  # noqa: E402
 
-METHODS = ("baseline", "painta", "rasg", "painta+rasg")
-PLACEMENTS = ("background", "next to", "over")
-CASE_SEED = 1_000_003  # far from the training seeds
 NOISE_T = 500
-
-
-@dataclass
-class Case:
-    index: int
-    image: PIL.Image.Image
-    mask: PIL.Image.Image
-    prompt: str
-    color: str
-    shape: str
-    placement: str
-
-
-def make_cases(count: int, seed: int = CASE_SEED) -> list[Case]:
-    """`count` cases, placements in turn; the prompt's colour and shape both differ from every shape present."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    while len(cases) < count:
-        placement = PLACEMENTS[len(cases) % len(PLACEMENTS)]
-        scene = world.random_scene(rng, count=(1, 3))
-        colors = [c for c in world.COLORS if all(s.color != c for s in scene.shapes)]
-        shapes = [s for s in world.SHAPES if all(x.shape != s for x in scene.shapes)]
-        if not colors or not shapes:
-            continue
-        color, shape = str(rng.choice(colors)), str(rng.choice(shapes))
-        r = 40
-        if placement == "background":
-            box = world.free_box(rng, scene.shapes, r, margin=8)
-        elif placement == "over":  # the mask covers the first shape with a margin
-            target = scene.shapes[0]
-            box = (target.cx - target.r - 6, target.cy - target.r - 6, target.cx + target.r + 6, target.cy + target.r + 6)
-        else:  # next to: the mask's box touches the first shape's box on one side
-            target = scene.shapes[0]
-            side = int(rng.integers(4))
-            dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][side]
-            cx, cy = target.cx + dx * (target.r + r), target.cy + dy * (target.r + r)
-            box = (cx - r, cy - r, cx + r, cy + r)
-            if min(box) < 0 or max(box) > world.SIZE:
-                box = None
-        if box is None:
-            continue
-        box = tuple(int(np.clip(v, 0, world.SIZE)) for v in box)
-        cases.append(Case(len(cases), scene.image, world.box_mask(box), f"a {color} {shape}", color, shape, placement))
-    return cases
 
 
 class AttentionProbe:
@@ -147,7 +105,11 @@ def attention_ratio(pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt:
     return {world.SIZE // side: float(np.mean(v)) for side, v in probe.ratios.items()}
 
 
-def run(cases: list[Case], scales: list[float], steps: int, model: str = "toy", methods=METHODS, progress=True) -> list[dict]:
+def run(cases: list[NeglectCase], scales: list[float], steps: int, model: str = "toy", methods=METHODS, progress=True,
+        rasg_eta: float = EVAL_RASG_ETA, rasg_sigma: str = "reference", vanilla_scale: float = VANILLA_SCALE,
+        batch: int = 12) -> list[dict]:
+    """One row per (case, scale, method). Cases run in batches; each keeps its own seed (its index), so a row
+    equals a single run of its case."""
     import torch
 
     from hdpainter.inpaint import HDPainterPipeline
@@ -157,19 +119,23 @@ def run(cases: list[Case], scales: list[float], steps: int, model: str = "toy", 
     pipe.set_progress_bar_config(disable=True)
     rows = []
     total, started = len(cases) * len(scales) * len(methods), time.perf_counter()
-    for case in cases:
-        for scale in scales:
-            for method in methods:
-                result = pipe(case.prompt, case.image, case.mask, method=method, num_inference_steps=steps,
-                              guidance_scale=scale, negative_prompt="", positive_prompt="", working_size=world.SIZE,
-                              generator=torch.Generator().manual_seed(case.index)).images[0]
-                color, shape = world.classify(result, case.mask)
-                ratio = attention_ratio(pipe, result, case.mask, case.prompt)
-                rows.append({"case": case.index, "placement": case.placement, "prompt": case.prompt, "scale": scale,
-                             "method": method, "found_color": color, "found_shape": shape,
-                             "color": color == case.color, "shape": shape == case.shape,
-                             "both": color == case.color and shape == case.shape,
-                             "ratio16": ratio.get(16), "ratio32": ratio.get(32)})
+    for scale in scales:
+        for method in methods:
+            for first in range(0, len(cases), batch):
+                chunk = cases[first:first + batch]
+                results = pipe([c.prompt for c in chunk], [c.image for c in chunk], [c.mask for c in chunk],
+                               method=method, num_inference_steps=steps, guidance_scale=scale, rasg_eta=rasg_eta,
+                               rasg_sigma=rasg_sigma, vanilla_scale=vanilla_scale, negative_prompt="",
+                               positive_prompt="", working_size=world.SIZE,
+                               generator=[torch.Generator().manual_seed(c.index) for c in chunk]).images
+                for case, result in zip(chunk, results):
+                    color, shape = world.classify(result, case.mask)
+                    ratio = attention_ratio(pipe, result, case.mask, case.prompt)
+                    rows.append({"case": case.index, "placement": case.placement, "prompt": case.prompt, "scale": scale,
+                                 "method": method, "found_color": color, "found_shape": shape,
+                                 "color": color == case.color, "shape": shape == case.shape,
+                                 "both": color == case.color and shape == case.shape,
+                                 "ratio16": ratio.get(16), "ratio32": ratio.get(32)})
                 if progress:
                     done = len(rows)
                     eta = (time.perf_counter() - started) / done * (total - done)
@@ -179,21 +145,36 @@ def run(cases: list[Case], scales: list[float], steps: int, model: str = "toy", 
     return rows
 
 
+def paired(rows: list[dict], method: str, reference: str = "baseline", key: str = "both") -> tuple[int, int, float]:
+    """(cases `method` gets right and `reference` wrong, the reverse, two-sided exact sign-test p) over the rows
+    the two share (same case and scale): the paired comparison the shared cases allow."""
+    mine = {(r["case"], r["scale"]): r[key] for r in rows if r["method"] == method}
+    theirs = {(r["case"], r["scale"]): r[key] for r in rows if r["method"] == reference}
+    shared = mine.keys() & theirs.keys()
+    wins = sum(mine[k] and not theirs[k] for k in shared)
+    losses = sum(theirs[k] and not mine[k] for k in shared)
+    return wins, losses, sign_test(wins, losses)
+
+
 def table(rows: list[dict], methods=METHODS) -> str:
     """The Markdown table: accuracy with Wilson 95 % intervals, and mean attention ratios, per method."""
     def pct(values):
         p, low, high = rate_interval(sum(values), len(values))
         return f"{100 * p:.0f} % ({100 * low:.0f}–{100 * high:.0f})"
 
-    lines = ["| method | colour | shape | both | attn in/out H/16 | attn in/out H/32 | n |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | colour | shape | both | both vs baseline: +/− (p) | attn in/out H/16 | attn in/out H/32 | n |",
+             "|---|---|---|---|---|---|---|---|"]
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         if not mine:
             continue
         r16 = np.mean([r["ratio16"] for r in mine if r["ratio16"] is not None])
         r32 = np.mean([r["ratio32"] for r in mine if r["ratio32"] is not None])
+        wins, losses, p = paired(rows, method)
+        compared = method != "baseline" and any(r["method"] == "baseline" for r in rows)
+        versus = f"+{wins} / −{losses} ({p:.2g})" if compared else "—"
         lines.append(f"| {method} | {pct([r['color'] for r in mine])} | {pct([r['shape'] for r in mine])} | "
-                     f"{pct([r['both'] for r in mine])} | {r16:.2f} | {r32:.2f} | {len(mine)} |")
+                     f"{pct([r['both'] for r in mine])} | {versus} | {r16:.2f} | {r32:.2f} | {len(mine)} |")
     scales = sorted({r["scale"] for r in rows})
     placements = [p for p in PLACEMENTS if any(r["placement"] == p for r in rows)]
     lines += ["", "Both right, by guidance scale and by placement:", "",
@@ -212,18 +193,28 @@ def table(rows: list[dict], methods=METHODS) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=36)
-    parser.add_argument("--scales", default="3,7.5", help="guidance scales, comma-separated")
+    parser.add_argument("--scales", default="1.5,3,7.5", help="guidance scales, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--model", default="toy")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all five)")
+    parser.add_argument("--rasg-eta", type=float, default=EVAL_RASG_ETA, help=f"RASG's η (default {EVAL_RASG_ETA}, the paper's evaluation)")
+    parser.add_argument("--rasg-sigma", default="reference", choices=RASG_SIGMAS)
+    parser.add_argument("--vanilla-scale", type=float, default=VANILLA_SCALE, help=f"s of vanilla-guidance (default {VANILLA_SCALE:g})")
+    parser.add_argument("--batch", type=int, default=12, help="cases per pipeline call")
     parser.add_argument("--out", default=None, help="folder for rows.json and table.md")
     args = parser.parse_args(argv)
     import torch
 
     torch.manual_seed(0)
-    cases = make_cases(args.cases)
+    cases = neglect_cases(args.cases)
     started = time.perf_counter()
-    rows = run(cases, [float(s) for s in args.scales.split(",")], args.steps, args.model)
-    markdown = table(rows)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"unknown method {unknown[0] if unknown else '(none)'!r}: use some of {', '.join(METHODS)}")
+    rows = run(cases, [float(s) for s in args.scales.split(",")], args.steps, model=args.model, methods=methods,
+               rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, vanilla_scale=args.vanilla_scale, batch=args.batch)
+    markdown = table(rows, methods)
     print(markdown)
     print(f"{len(rows)} generations in {time.perf_counter() - started:.0f} s ({args.steps} steps each)", file=sys.stderr)
     if args.out:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from hdpainter.errors import HDPainterError
 from hdpainter.toy import world
@@ -70,6 +72,16 @@ def test_prompts_and_demo_scenes():
     assert world.classify(image, mask) == (None, None)  # the mask lies on empty background
 
 
+def test_neglect_cases_are_fixed_and_ask_for_what_is_not_there():
+    cases = world.neglect_cases(9)
+    assert [c.placement for c in cases[:3]] == list(world.PLACEMENTS)
+    for case in cases:
+        assert case.prompt == f"a {case.color} {case.shape}" and np.asarray(case.mask).any()
+        found = world.classify(case.image, case.mask)
+        assert found[0] != case.color  # the prompted colour is not already there
+    assert [c.prompt for c in world.neglect_cases(9)] == [c.prompt for c in cases]  # fixed held-out set
+
+
 # ---- the training script ------------------------------------------------------------------------------------
 
 
@@ -78,23 +90,80 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
     from hdpainter.toy import train
 
     out = tmp_path / "toy"
-    assert train.main(["--out", str(out), "--ae-steps", "24", "--ae-batch", "4", "--ae-crop", "64",
-                       "--steps", "24", "--batch", "4", "--seed", "0"]) == 0
+    assert train.main(["--out", str(out), "--ae-steps", "30", "--ae-batch", "4", "--ae-crop", "64", "--steps", "24",
+                       "--batch", "4", "--crop", "96", "--full-share", "0.25", "--pool", "8", "--refresh", "2",
+                       "--check", "2", "--seed", "0"]) == 0
     record = json.loads((out / "training.json").read_text())
-    assert np.mean(record["ae_losses"][:4]) > 1.5 * np.mean(record["ae_losses"][-4:])
-    assert np.mean(record["losses"][:4]) > np.mean(record["losses"][-4:])
+    before, after = record["autoencoder_validation_loss"]  # held-out whole scenes
+    assert after < 0.8 * before, (before, after)
+    before, after = record["validation_loss"]  # held-out whole scenes, fixed noise: the EMA weights learned
+    assert after < 0.8 * before, (before, after)
+    assert record["steps_done"] == 24 and record["check"]["cases"] == 2
     pipe = HDPainterPipeline.from_pretrained(out, torch_dtype=torch.float32)
     assert pipe.unet.config.in_channels == 9 and pipe.vae.config.scaling_factor == pytest.approx(1 / record["latent_std"])
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(p.dtype == torch.float16 for p in saved.values())  # shipped weights are fp16
     image, mask = demo_scene(0)
     result = pipe("a red circle", image, mask, num_inference_steps=2, working_size=256, negative_prompt="",
                   positive_prompt="", generator=torch.Generator().manual_seed(0)).images[0]
     assert result.size == (256, 256)
 
 
+def test_training_inputs_are_built_as_the_pipeline_builds_them():
+    """The UNet is trained on the conditioning the pipeline gives it at inference (METHOD §1): mask dilated by
+    one pixel, latent-grid mask by bicubic downscale and `!= 0`, masked pixels zeroed; crops hold the mask."""
+    from hdpainter import images as imgs
+    from hdpainter.toy import train
+
+    rng = np.random.default_rng(3)
+    examples = [train.inpainting_example(rng) for _ in range(6)]
+    pixels, masked, grid = train.unet_inputs(examples, world.SIZE, rng)
+    for (image, mask, _), p, m, g in zip(examples, pixels, masked, grid):
+        prepared = imgs.prepare(image, mask, world.SIZE)
+        assert np.array_equal(g[0].numpy() > 0, imgs.grid_mask(prepared.mask, 8, "any"))
+        expected = np.where(prepared.mask[..., None], 0.0, prepared.image / 127.5 - 1.0)
+        np.testing.assert_allclose(m.permute(1, 2, 0).numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(p.permute(1, 2, 0).numpy(), prepared.image / 127.5 - 1.0, atol=1e-6)
+    pixels, masked, grid = train.unet_inputs(examples, 160, np.random.default_rng(4))
+    assert pixels.shape == (6, 3, 160, 160) and grid.shape == (6, 1, 20, 20)
+    for (image, mask, _), p, m, g in zip(examples, pixels, masked, grid):
+        prepared = imgs.prepare(image, mask, world.SIZE)
+        assert int((m == 0).all(0).sum()) == prepared.mask.sum()  # the whole (dilated) mask lies inside the crop
+        full = prepared.image / 127.5 - 1.0
+        crop = p.permute(1, 2, 0).numpy()
+        (top, left), = [(y, x) for y in range(0, 97, 8) for x in range(0, 97, 8)
+                        if np.allclose(full[y:y + 160, x:x + 160], crop, atol=1e-6)]
+        whole_grid = imgs.grid_mask(prepared.mask, 8, "any")  # the crop's grid is the whole mask's grid, cut
+        assert np.array_equal(g[0].numpy() > 0, whole_grid[top // 8:top // 8 + 20, left // 8:left // 8 + 20])
+
+
+def test_crops_hold_the_whole_mask_on_the_latent_grid():
+    from hdpainter.toy.train import crop_origin
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        crop = int(rng.choice([96, 128, 160]))
+        h, w = (int(v) for v in rng.integers(8, crop - 6, 2))  # an 8-aligned window can hold it
+        y, x = int(rng.integers(0, 256 - h + 1)), int(rng.integers(0, 256 - w + 1))
+        mask = np.zeros((256, 256), bool)
+        mask[y:y + h, x:x + w] = True
+        top, left = crop_origin(mask, crop, rng)
+        assert top % 8 == 0 and left % 8 == 0 and 0 <= top <= 256 - crop and 0 <= left <= 256 - crop
+        assert mask[top:top + crop, left:left + crop].sum() == h * w, (crop, y, x, h, w, top, left)
+
+
+def test_example_pool_replays_and_replaces_the_oldest():
+    from hdpainter.toy.train import ExamplePool
+
+    pool = ExamplePool(5)
+    pool.add({"x": torch.arange(3)})
+    pool.add({"x": torch.arange(3, 7)})  # 7 added to a ring of 5: 0 and 1 are gone
+    assert pool.size == 5 and sorted(pool.tensors["x"].tolist()) == [2, 3, 4, 5, 6]
+    drawn = pool.sample(200, torch.Generator().manual_seed(0))["x"]
+    assert set(drawn.tolist()) == {2, 3, 4, 5, 6}
+
+
 # ---- the shipped model ----------------------------------------------------------------------------------------
-
-SHIPPED = (ROOT / "src" / "hdpainter" / "toy" / "model" / "model_index.json").is_file()
-
 
 @pytest.fixture(scope="module")
 def toy():
@@ -110,64 +179,70 @@ def tiny(tiny_model_dir):
     return HDPainter.from_pretrained(str(tiny_model_dir), upscaler=None, device="cpu")
 
 
-def test_toy_name_says_when_the_model_is_not_shipped():
-    from hdpainter.models import resolve
+def test_toy_name_resolves_to_the_shipped_folder(tmp_path):
+    from hdpainter.models import INPAINT_MODELS, resolve
 
-    if SHIPPED:
-        assert Path(resolve("toy"), "unet").is_dir()
-    else:
-        with pytest.raises(HDPainterError, match="not shipped in this version yet: train one with"):
-            resolve("toy")
+    assert Path(resolve("toy")) == ROOT / "src" / "hdpainter" / "toy" / "model" and Path(resolve("toy"), "unet").is_dir()
+    with pytest.raises(HDPainterError, match="'toy' model is missing from this installation"):
+        resolve("toy", {**INPAINT_MODELS, "toy": str(tmp_path / "gone")})
 
 
-@pytest.mark.skipif(not SHIPPED, reason="issue 6: the toy model is not trained and shipped yet")
 def test_the_shipped_model_paints_the_prompted_colour(toy):
     from hdpainter.core.blend import blend_region
     from hdpainter.painter import InpaintRequest, blend_dilation
 
-    bench = load_benchmark()
-    cases = [c for c in bench.make_cases(24, seed=5) if c.placement == "background"][:12]
-    hits = 0
+    cases = world.neglect_cases(12, seed=5)  # held out: four of each placement
+    hits = both = 0
     for case in cases:
         request = InpaintRequest(case.prompt, num_inference_steps=25, negative_prompt="", positive_prompt="",
                                  seed=case.index, working_size=256, sr_method="bicubic")
         out = toy(case.image, case.mask, request, progress=False)[0]
         fractions = {c: world.color_fraction(out, case.mask, c) for c in world.COLORS}
         hits += max(fractions, key=fractions.get) == case.color and fractions[case.color] > 0.1
+        both += world.classify(out, case.mask) == (case.color, case.shape)
         # the known region: byte-identical outside the Poisson blend's region
         x0, y0, x1, y1 = blend_region(np.asarray(case.mask) > 0, 32, blend_dilation(case.image.size, None))
         outside = np.ones((256, 256), bool)
         outside[y0:y1, x0:x1] = False
         assert np.array_equal(np.asarray(out)[outside], np.asarray(case.image)[outside])
-    assert hits >= 9, hits  # chance is 3 of 12
+    # measured with torch 2.13 on CPU: colour 12 of 12, colour and shape 5 of 12 (7 of these prompts are squares,
+    # the shape this model draws worst); the bounds keep a margin and stay far above chance (3 and 1 of 12)
+    assert hits >= 10, hits
+    assert both >= 4, both  # P(at least 4 of 12 by chance) < 2 %
 
 
-def test_demo_command_writes_its_picture(tmp_path, tiny_model_dir):
+def test_the_shipped_model_runs_when_loaded_without_a_dtype():
+    """Saved in fp16: without torch_dtype, transformers keeps the text encoder in half precision while diffusers
+    loads the UNet in float32; the pipeline casts the prompt embeddings to the UNet's dtype, and the result stays
+    close to a float32 load's."""
+    from hdpainter.inpaint import HDPainterPipeline
+    from hdpainter.models import resolve
+
+    case = world.neglect_cases(1)[0]
+    results = []
+    for dtype in (None, torch.float32):
+        pipe = HDPainterPipeline.from_pretrained(resolve("toy"), **({"torch_dtype": dtype} if dtype else {}))
+        pipe.set_progress_bar_config(disable=True)
+        results.append(np.asarray(pipe(case.prompt, case.image, case.mask, num_inference_steps=4, working_size=256,
+                                       generator=torch.Generator().manual_seed(0)).images[0], dtype=float))
+    assert np.abs(results[0] - results[1]).mean() < 2.0
+
+
+def test_demo_command_writes_its_picture_offline(tmp_path):
     out = tmp_path / "demo.png"
-    model = [] if SHIPPED else ["--model", str(tiny_model_dir)]  # the plumbing, on the tiny model until toy ships
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # nothing to download: the model ships in the package
     run = subprocess.run([sys.executable, "-m", "hdpainter.cli", "demo", "--output", str(out), "--steps", "20",
-                          "--device", "cpu", *model], capture_output=True, text=True, timeout=300)
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "scorer sees in the mask:" in run.stderr
     with PIL.Image.open(out) as sheet:
         assert sheet.size == (2 * 256 + 12, 256 + 40)
         params = json.loads(sheet.text["parameters"])
     assert params["prompt"] == "a red circle" and params["method"] == "painta+rasg"
-    assert params["model"] == ("toy" if SHIPPED else str(tiny_model_dir)) and "scorer_sees" in params
+    assert params["model"] == "toy" and "scorer_sees" in params
 
 
 # ---- the faithfulness benchmark -------------------------------------------------------------------------------
-
-
-def test_benchmark_cases_provoke_neglect():
-    bench = load_benchmark()
-    cases = bench.make_cases(9)
-    assert [c.placement for c in cases[:3]] == list(bench.PLACEMENTS)
-    for case in cases:
-        assert case.prompt == f"a {case.color} {case.shape}" and np.asarray(case.mask).any()
-        found = world.classify(case.image, case.mask)
-        assert found[0] != case.color or found[0] is None  # the prompted colour is not already there
-    assert [c.prompt for c in bench.make_cases(9)] == [c.prompt for c in cases]  # fixed held-out set
 
 
 def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
@@ -188,10 +263,9 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
     assert set(probe.ratios) == {16, 8} and all(r > 0 for v in probe.ratios.values() for r in v)
 
 
-def test_benchmark_plumbing_and_table(tiny_model_dir):
+def test_benchmark_plumbing_and_table():
     bench = load_benchmark()
-    model = "toy" if SHIPPED else str(tiny_model_dir)
-    rows = bench.run(bench.make_cases(3), [7.5], steps=3, model=model, progress=False)
+    rows = bench.run(world.neglect_cases(3), [7.5], steps=3, model="toy", progress=False)
     assert len(rows) == 3 * len(bench.METHODS)
     markdown = bench.table(rows)
     for method in bench.METHODS:
@@ -201,3 +275,18 @@ def test_benchmark_plumbing_and_table(tiny_model_dir):
         assert f"| {method} |" in markdown and f"{100 * p:.0f} %" in markdown.split(f"| {method} |")[1].split("\n")[0]
         assert all(r["ratio16"] > 0 and r["ratio32"] > 0 for r in mine)
         assert all(r["both"] == (r["color"] and r["shape"]) for r in mine)
+
+
+def test_paired_comparison_counts_shared_cases_and_sign_test():
+    bench = load_benchmark()
+
+    def rows(method, outcomes):
+        return [{"method": method, "case": i, "scale": 7.5, "both": b} for i, b in enumerate(outcomes)]
+
+    base = rows("baseline", [0, 0, 0, 0, 0, 1, 1, 0])
+    mine = rows("rasg", [1, 1, 1, 1, 1, 1, 0, 0])  # wins cases 0-4, loses case 6, ties 5 and 7
+    wins, losses, p = bench.paired(base + mine, "rasg")
+    assert (wins, losses) == (5, 1)
+    assert p == pytest.approx(2 * (1 + 6) / 2**6)  # two-sided exact binomial: P(X ≤ 1 | n = 6, ½) doubled
+    assert bench.paired(base + mine[:3], "rasg")[:2] == (3, 0)  # only the cases both ran count
+    assert bench.paired(base, "baseline") == (0, 0, 1.0)

@@ -26,9 +26,10 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
     """A short name, hub id ("org/name"), local folder or single checkpoint file → what to load."""
     if name in known:
-        if known[name] == TOY_MODEL and not Path(TOY_MODEL, "model_index.json").is_file():
-            raise HDPainterError("the toy model is not shipped in this version yet: train one with "
-                                 "`python -m hdpainter.toy.train --out DIR` and pass --model DIR")
+        shipped = os.path.isabs(known[name])  # a model inside the package, not on the hub
+        if shipped and not Path(known[name], "model_index.json").is_file():
+            raise HDPainterError(f"the {name!r} model is missing from this installation ({known[name]}): reinstall "
+                                 "hdpainter, or train one with `python -m hdpainter.toy.train --out DIR` and pass --model DIR")
         return known[name]
     path = Path(name).expanduser()
     if path.exists():

@@ -30,3 +30,13 @@ def rate_interval(successes: int, n: int) -> tuple[float, float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (binomial, p = ½) of `wins` against `losses`, ties left out: the p-value of a
+    paired comparison of two methods on the same cases."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = math.fsum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)

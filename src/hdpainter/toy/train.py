@@ -2,27 +2,58 @@
 
 Stable Diffusion's geometry at 256 px: an autoencoder (×8, 4 latent channels), a small CLIP text
 encoder with a BPE tokenizer, and a 9-channel inpainting UNet with cross-attention at H/16 and H/32 and
-in the middle block (so PAIntA's and RASG's grids, H/32 = 8×8 and H/16 = 16×16, exist). Phase 1
-trains the autoencoder on toy scenes; phase 2 trains the text encoder and UNet together on inpainting
-examples: mask a shape's box (grown by a random margin), a part of a shape, or empty background, and
-prompt the shape ("a red circle", or "" for background); 10 % of prompts are dropped for
-classifier-free guidance. Seeded throughout; the result is a diffusers folder (fp16 weights).
+in the middle block (so PAIntA's and RASG's grids, H/32 = 8×8 and H/16 = 16×16, exist), on SD's noise
+schedule, predicting v (as SD 2's 768 px model does) rather than ε.
+
+Phase 1 trains the autoencoder on crops of toy scenes. Phase 2 trains the text encoder and UNet together
+on inpainting examples: mask a shape's box (grown by a random margin), a part of a shape, or empty
+background, and prompt the shape ("a red circle", or "" for background); 10 % of prompts are dropped for
+classifier-free guidance. The UNet's inputs are built exactly as the pipeline builds them at inference
+(mask dilated by one pixel, its latent-grid version by bicubic downscale and `!= 0`, E(masked image) as
+the posterior mean). What makes it fit in an hour on two cores:
+
+- v-prediction: with ε-prediction the x̂0 of the noisiest steps (where colour, shape and the known
+  region's layout are decided) carries the ε error times √(1−ᾱ)/√ᾱ ≈ 15, and a model trained for an
+  hour fills whole images with the prompt's colour; the v-loss weighs x0 errors by SNR + 1, capped at
+  `--snr-gamma` + 1 (as min-SNR-γ caps it) so the nearly clean steps do not dominate;
+- examples are cut to `--crop` px around their mask (the networks are convolutional; shapes keep their
+  size), and the last `--full-share` of the steps train on whole 256 px scenes;
+- a replay pool: the autoencoder encodes each example once and the UNet sees it about
+  `--batch / --refresh` times;
+- the masked region counts `1 + --mask-weight` times in the loss (outside it, E(masked image) gives
+  most of the answer away); the autoencoder's loss likewise weighs shape pixels up;
+- glibc keeps freed memory for reuse (see `keep_freed_memory`);
+- the weights saved are an exponential moving average of the trained ones.
+
+Seeded throughout; the result is a diffusers folder (fp16 weights) with a `training.json` record: the
+losses, held-out losses before and after each phase, how well the scorer reads shapes through the
+autoencoder, and a quick faithfulness check on held-out cases.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 
 from . import world
 
 LATENT_SCALE = 8
 DROP_PROMPT = 0.1  # classifier-free guidance: the share of examples trained without their prompt
+UNET_MULTIPLE = 32  # pixel sizes the UNet takes: latent × 4 (two downsamplings)
+CHECK_STEPS = 20  # the quick faithfulness check's sampling steps
+# Held-out draws, far from the small training seeds (--seed): validation losses, autoencoder fidelity, final check
+VALIDATION_SEED, FIDELITY_SEED, CHECK_SEED = 2_000_003, 2_000_011, 2_000_017
+PART_MARGIN = 4  # a part-of-shape mask reaches this many px beyond the shape on its three other sides
+LATENT_PENALTY = 1e-4  # weight of the autoencoder's mean squared latent
+AE_WARMUP, UNET_WARMUP = 0.05, 0.03  # shares of each phase's steps with a linear learning-rate warm-up
+ENCODE_CHUNK = 32  # examples encoded at once when a replay pool is filled
 
 
 def make_components(seed: int = 0) -> dict:
@@ -50,22 +81,20 @@ def make_components(seed: int = 0) -> dict:
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
 def to_tensor(images):
-    """PIL images → a (B, 3, H, W) tensor in [-1, 1]."""
+    """PIL images or (H, W, 3) uint8 arrays → a (B, 3, H, W) tensor in [-1, 1]."""
     import torch
 
-    array = np.stack([np.asarray(i.convert("RGB"), dtype=np.float32) for i in images]) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(0, 3, 1, 2)
+    array = np.stack([np.asarray(i.convert("RGB") if hasattr(i, "convert") else i, dtype=np.float32) for i in images])
+    return torch.from_numpy(array / 127.5 - 1.0).permute(0, 3, 1, 2)
 
 
 def warmup_cosine(optimizer, steps: int, warmup: float):
     """Linear warm-up over `warmup` of the steps, then a cosine decay to a tenth."""
-    import math
-
     import torch
 
     first = max(1, int(warmup * steps))
@@ -97,31 +126,133 @@ def inpainting_example(rng: np.random.Generator):
         x0, y0, x1, y1 = shape.box
         cut = int(rng.integers(shape.r // 2, shape.r + 1))
         side = int(rng.integers(4))
-        box = [(x0 - 4, y0 - 4, x0 + cut, y1 + 4), (x1 - cut, y0 - 4, x1 + 4, y1 + 4),
-               (x0 - 4, y0 - 4, x1 + 4, y0 + cut), (x0 - 4, y1 - cut, x1 + 4, y1 + 4)][side]
+        m = PART_MARGIN
+        box = [(x0 - m, y0 - m, x0 + cut, y1 + m), (x1 - cut, y0 - m, x1 + m, y1 + m),
+               (x0 - m, y0 - m, x1 + m, y0 + cut), (x0 - m, y1 - cut, x1 + m, y1 + m)][side]
         return scene.image, world.box_mask(box), shape.prompt
     return scene.image, world.box_mask(shape.box, grow=int(rng.integers(2, 25))), shape.prompt
 
 
-def train_autoencoder(vae, steps: int, batch: int, rng, log, crop: int = 128) -> tuple[float, list[float]]:
-    """Reconstruction (L1 + MSE) with a small KL term, on random `crop`-px crops of scenes (the autoencoder
-    is convolutional: 4× cheaper than whole scenes); returns the latents' standard deviation (for scaling)
-    and the losses."""
+def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(top, left), multiples of 8, of a random `crop`-px window that holds the whole mask; if none does (a mask
+    within 7 px of the crop's size), the aligned window nearest to centred on it. Training masks leave room."""
+    ys, xs = np.nonzero(mask)
+    origin = []
+    for lo, hi, full in ((ys.min(), ys.max() + 1, mask.shape[0]), (xs.min(), xs.max() + 1, mask.shape[1])):
+        first = -(-max(0, hi - crop) // LATENT_SCALE)  # in latent pixels: the window starts at or before `lo`
+        last = min(lo, full - crop) // LATENT_SCALE  # and ends at or after `hi`
+        if first <= last:
+            origin.append(LATENT_SCALE * int(rng.integers(first, last + 1)))
+        else:
+            origin.append(int(np.clip((lo + hi - crop) // 2, 0, full - crop)) // LATENT_SCALE * LATENT_SCALE)
+    return origin[0], origin[1]
+
+
+def unet_inputs(examples, crop: int, rng: np.random.Generator):
+    """Pixels, masked pixels (B, 3, crop, crop) and latent-grid masks (B, 1, crop/8, crop/8) of (image, mask, _)
+    examples, cut to `crop` px around their masks; built as HDPainterPipeline builds them (METHOD §1), the
+    latent-grid mask from the whole mask, then cut."""
     import torch
 
-    vae.train()
+    from .. import images as imgs
+
+    pixels, kept, grids = [], [], []
+    for image, mask, _ in examples:
+        binary = imgs.dilate_cross(np.asarray(mask) > 127)
+        grid = imgs.grid_mask(binary, LATENT_SCALE, "any")
+        top, left = crop_origin(binary, crop, rng) if crop < binary.shape[0] else (0, 0)
+        pixels.append(np.asarray(image)[top:top + crop, left:left + crop])
+        kept.append(~binary[top:top + crop, left:left + crop])
+        t, l, c = top // LATENT_SCALE, left // LATENT_SCALE, crop // LATENT_SCALE
+        grids.append(grid[t:t + c, l:l + c])
+    pixels = to_tensor(pixels)
+    masked = pixels * torch.from_numpy(np.stack(kept))[:, None]
+    return pixels, masked, torch.from_numpy(np.stack(grids)).float()[:, None]
+
+
+class ExamplePool:
+    """A replay pool of encoded inpainting examples: a ring of `capacity` entries that the training loop
+    refreshes a few at a time and draws batches from, so each encoded example serves several steps."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.tensors: dict = {}
+        self.size = 0
+        self.next = 0
+
+    def add(self, batch: dict) -> None:
+        import torch
+
+        n = len(next(iter(batch.values())))
+        if not self.tensors:
+            self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in batch.items()}
+        rows = (self.next + torch.arange(n)) % self.capacity
+        for k, v in batch.items():
+            self.tensors[k][rows] = v
+        self.next = (self.next + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int, generator) -> dict:
+        import torch
+
+        rows = torch.randint(0, self.size, (n,), generator=generator)
+        return {k: v[rows] for k, v in self.tensors.items()}
+
+
+def encode_examples(components, count: int, crop: int, rng: np.random.Generator) -> dict:
+    """`count` fresh examples as the UNet needs them: x0 = E(image) and E(masked image) (posterior means ×
+    scaling factor), the latent-grid mask and the prompt's token ids."""
+    import torch
+
+    vae, tokenizer = components["vae"], components["tokenizer"]
+    examples = [inpainting_example(rng) for _ in range(count)]
+    pixels, masked, grid = unet_inputs(examples, crop, rng)
+    with torch.no_grad():
+        both = vae.encode(torch.cat([pixels, masked])).latent_dist.mean * vae.config.scaling_factor
+    ids = tokenizer([e[2] for e in examples], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return {"latents": both[:count], "masked": both[count:], "mask": grid, "ids": ids}
+
+
+def autoencoder_loss(vae, x, shape_weight: float):
+    """Reconstruction (L1 + squared error) of pixels `x` through the posterior mean; shape pixels count
+    `1 + shape_weight` times; plus a small penalty on the latents' size."""
+    z = vae.encode(x).latent_dist.mean
+    error = (vae.decode(z).sample - x).abs()
+    saturated = (x.amax(1, keepdim=True) - x.amin(1, keepdim=True)) * 127.5 > world.SATURATION
+    weight = 1 + shape_weight * saturated
+    return (weight * (error + error**2)).mean() / weight.mean() + LATENT_PENALTY * (z**2).mean()
+
+
+def train_autoencoder(vae, steps: int, batch: int, rng, log, crop: int = 128, lr: float = 2e-3,
+                      shape_weight: float = 4.0) -> tuple[float, list[float], list[float]]:
+    """Reconstruction through the posterior mean, which is all the pipeline ever uses (sampling the
+    posterior would only add noise that a tiny autoencoder takes long to learn away), on random `crop`-px
+    crops of scenes (the autoencoder is convolutional: 4× cheaper than whole scenes).
+
+    Shapes cover about a tenth of a scene, so a plain mean lets the background alone bring the loss to a
+    long plateau; shape pixels (saturated, as the scorer sees them) count `1 + shape_weight` times.
+    Returns the latents' standard deviation (for scaling), the losses, and the loss on held-out whole
+    scenes before and after."""
+    import torch
+
+    held_out = to_tensor([s.image for s in scenes(np.random.default_rng(VALIDATION_SEED), 8)])
+
+    def validation_loss() -> float:
+        vae.eval()
+        with torch.no_grad():
+            value = float(autoencoder_loss(vae, held_out, shape_weight))
+        vae.train()
+        return value
+
+    val = [validation_loss()]
     losses = []
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = warmup_cosine(optimizer, steps, 0.05)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    schedule = warmup_cosine(optimizer, steps, AE_WARMUP)
     for step in range(steps):
         x = to_tensor([s.image for s in scenes(rng, batch)])
         top, left = (int(v) for v in rng.integers(0, world.SIZE - crop + 1, 2) // LATENT_SCALE * LATENT_SCALE)
-        x = x[:, :, top:top + crop, left:left + crop]
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=None)
-        y = vae.decode(z).sample
-        kl = posterior.kl().mean() / z[0].numel()
-        loss = (y - x).abs().mean() + ((y - x) ** 2).mean() + 1e-4 * kl
+        loss = autoencoder_loss(vae, x[:, :, top:top + crop, left:left + crop], shape_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -129,57 +260,146 @@ def train_autoencoder(vae, steps: int, batch: int, rng, log, crop: int = 128) ->
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             log(f"autoencoder {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f}")
+    val.append(validation_loss())
     vae.eval()
     with torch.no_grad():
         z = vae.encode(to_tensor([s.image for s in scenes(rng, 16)])).latent_dist.mean
-    return float(z.std()), losses
+    return float(z.std()), losses, val
 
 
-def train_inpainting(components, steps: int, batch: int, rng, log, lr: float = 4e-4, deadline: float = float("inf")) -> list[float]:
+def autoencoder_fidelity(vae, count: int = 48, seed: int = FIDELITY_SEED) -> float:
+    """Share of ground-truth shapes (box grown by 6 px) the scorer still reads right after encode → decode."""
     import torch
 
-    vae, unet, text_encoder, tokenizer, scheduler = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"))
-    scale = vae.config.scaling_factor
+    from ..inpaint import to_uint8
+
+    rng = np.random.default_rng(seed)
+    right = total = 0
+    with torch.no_grad():
+        while total < count:
+            batch = scenes(rng, 8)
+            decoded = vae.decode(vae.encode(to_tensor([s.image for s in batch])).latent_dist.mean).sample
+            for scene, array in zip(batch, to_uint8(decoded)):
+                image = PIL.Image.fromarray(array)
+                for shape in scene.shapes:
+                    right += world.classify(image, world.box_mask(shape.box, grow=6)) == (shape.color, shape.shape)
+                    total += 1
+    return right / total
+
+
+def snr_weights(alphas_cumprod, t, gamma: float | None):
+    """min(1, (γ + 1)/(SNR + 1)) per example: the v-loss, whose x0 error weight is SNR + 1, with that weight
+    capped at γ + 1 (as min-SNR-γ caps it), so the nearly clean steps do not dominate; ones when γ is None."""
+    import torch
+
+    if gamma is None:
+        return torch.ones(len(t))
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return ((gamma + 1) / (snr + 1)).clamp(max=1.0)
+
+
+def denoising_loss(components, batch: dict, generator, mask_weight: float, snr_gamma: float | None,
+                   drop_prompt: float = 0.0):
+    """The weighted v-prediction loss on a batch of encoded examples, noise and timesteps drawn from `generator`."""
+    import torch
+
+    unet, text_encoder, tokenizer, scheduler = (components[k] for k in ("unet", "text_encoder", "tokenizer", "scheduler"))
+    n = len(batch["ids"])
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    drop = torch.rand(n, generator=generator) < drop_prompt
+    ids = torch.where(drop[:, None], empty, batch["ids"])
+    noise = torch.randn(batch["latents"].shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * batch["latents"] + (1 - a).sqrt() * noise
+    target = a.sqrt() * noise - (1 - a).sqrt() * batch["latents"]  # v
+    context = text_encoder(ids)[0]
+    prediction = unet(torch.cat([noisy, batch["mask"], batch["masked"]], 1), t, encoder_hidden_states=context).sample
+    weight = (1 + mask_weight * batch["mask"]) * snr_weights(scheduler.alphas_cumprod, t, snr_gamma).view(-1, 1, 1, 1)
+    return (weight * (prediction - target) ** 2).mean()
+
+
+def train_inpainting(components, steps: int, batch: int, rng, log, lr: float = 4e-4, deadline: float = float("inf"),
+                     crop: int = 160, full_share: float = 0.15, pool_size: int = 512, refresh: int = 4,
+                     mask_weight: float = 2.0, snr_gamma: float | None = 5.0, ema_decay: float = 0.999,
+                     validation: int = 32) -> tuple[list[float], list[float]]:
+    """Text encoder and UNet, with the vae frozen; the components end up holding the EMA weights. Returns the
+    training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after."""
+    import torch
+    from diffusers.training_utils import EMAModel
+
+    unet, text_encoder = components["unet"], components["text_encoder"]
+    components["vae"].eval().requires_grad_(False)
+    held_out = encode_examples(components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED))
+
+    def validation_loss() -> float:
+        with torch.no_grad():
+            return float(denoising_loss(components, held_out, torch.Generator().manual_seed(0), mask_weight, snr_gamma))
+
+    unet.eval()
+    text_encoder.eval()
+    val = [validation_loss()]
     unet.train()
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    schedule = warmup_cosine(optimizer, steps, 0.03)
-    alphas = scheduler.alphas_cumprod
+    schedule = warmup_cosine(optimizer, steps, UNET_WARMUP)
+    ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True, power=3 / 4)
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    full_from = steps - int(round(full_share * steps))  # the last steps train on whole scenes
+    pool, size = None, None
     losses = []
+    started = time.monotonic()
     for step in range(steps):
-        examples = [inpainting_example(rng) for _ in range(batch)]
-        images = to_tensor([e[0] for e in examples])
-        masks = torch.from_numpy(np.stack([np.asarray(e[1]) > 127 for e in examples])).float()[:, None]
-        prompts = ["" if rng.random() < DROP_PROMPT else e[2] for e in examples]
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mean * scale
-            masked = vae.encode(images * (masks < 0.5)).latent_dist.mean * scale
-        small = torch.nn.functional.interpolate(masks, size=latents.shape[-2:])
-        tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                           return_tensors="pt").input_ids
-        noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        context = text_encoder(tokens)[0]
-        prediction = unet(torch.cat([noisy, small, masked], 1), t, encoder_hidden_states=context).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise)
+        if pool is None or (step == full_from and size != world.SIZE):
+            size = crop if step < full_from else world.SIZE
+            pool = ExamplePool(pool_size)
+            while pool.size < pool_size:
+                pool.add(encode_examples(components, min(ENCODE_CHUNK, pool_size - pool.size), size, rng))
+            log(f"step {step + 1}: a pool of {pool_size} examples at {size} px")
+        pool.add(encode_examples(components, refresh, size, rng))
+        loss = denoising_loss(components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
+        ema.step(params)
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
-            log(f"inpainting {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f}")
+            rate = (time.monotonic() - started) / (step + 1)
+            log(f"inpainting {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f} ({rate:.2f} s/step)")
         if time.monotonic() > deadline:
             log(f"time budget reached after {step + 1} steps")
             break
+    ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
-    return losses
+    val.append(validation_loss())
+    log(f"held-out loss {val[0]:.4f} → {val[1]:.4f}")
+    return losses, val
+
+
+def faithfulness_check(components, count: int = 24, seed: int = CHECK_SEED) -> dict:
+    """Colour / shape / both accuracy of plain inpainting (method baseline, CFG 7.5, CHECK_STEPS steps) on
+    held-out cases of the benchmark's kind (hdpainter.toy.world.neglect_cases)."""
+    import torch
+
+    from ..inpaint import HDPainterPipeline
+
+    pipe = HDPainterPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    hits = {"color": 0, "shape": 0, "both": 0}
+    cases = world.neglect_cases(count, seed)
+    for case in cases:
+        result = pipe(case.prompt, case.image, case.mask, method="baseline", num_inference_steps=CHECK_STEPS,
+                      negative_prompt="", positive_prompt="", working_size=world.SIZE,
+                      generator=torch.Generator().manual_seed(case.index)).images[0]
+        color, shape = world.classify(result, case.mask)
+        hits["color"] += color == case.color
+        hits["shape"] += shape == case.shape
+        hits["both"] += (color, shape) == (case.color, case.shape)
+    return {k: v / len(cases) for k, v in hits.items()} | {"cases": len(cases)}
 
 
 def load_components(folder: str | Path) -> dict:
@@ -205,24 +425,58 @@ def save(components, out: Path, fp16: bool = True) -> Path:
     return out
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel (mallopt(3)), as a GPU's
+    caching allocator does. Training allocates and frees the same large buffers every step; without this, a
+    CPU spends up to half its time in the kernel zeroing fresh pages. Returns whether it took effect."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))  # 32 MiB: glibc's maximum
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     parser = argparse.ArgumentParser(prog="python -m hdpainter.toy.train", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the trained diffusers model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ae-steps", type=int, default=500)
+    parser.add_argument("--ae-steps", type=int, default=900)
     parser.add_argument("--ae-batch", type=int, default=8)
     parser.add_argument("--ae-crop", type=int, default=128, help="autoencoder training crops (px, a multiple of 8)")
     parser.add_argument("--steps", type=int, default=4000, help="inpainting steps")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--minutes", type=float, default=None, help="stop the inpainting phase after this much wall time")
+    parser.add_argument("--crop", type=int, default=160, help=f"inpainting crops around the mask (px, a multiple of {UNET_MULTIPLE})")
+    parser.add_argument("--full-share", type=float, default=0.15, help="share of the inpainting steps, at the end, on whole scenes")
+    parser.add_argument("--pool", type=int, default=512, help="encoded examples kept for replay")
+    parser.add_argument("--refresh", type=int, default=4, help="new examples encoded per step")
+    parser.add_argument("--mask-weight", type=float, default=2.0, help="extra loss weight inside the mask")
+    parser.add_argument("--snr-gamma", type=float, default=5.0, help="cap the v-loss's x0 weight at γ + 1 (min-SNR-γ); 0 for none")
+    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (at most; it warms up)")
+    parser.add_argument("--check", type=int, default=24, help="held-out cases of the final faithfulness check; 0 for none")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop the inpainting phase early if the whole run would take longer than this")
     parser.add_argument("--resume", default=None, help="a saved toy model: keep its autoencoder, train its UNet and text encoder further")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 when the CPU is shared)")
     args = parser.parse_args(argv)
+    if args.crop % UNET_MULTIPLE or not UNET_MULTIPLE <= args.crop <= world.SIZE:
+        parser.error(f"--crop must be a multiple of {UNET_MULTIPLE} in {UNET_MULTIPLE}..{world.SIZE}")
+    if args.ae_crop % LATENT_SCALE or not LATENT_SCALE <= args.ae_crop <= world.SIZE:
+        parser.error(f"--ae-crop must be a multiple of {LATENT_SCALE} in {LATENT_SCALE}..{world.SIZE}")
+    if not 1 <= args.refresh <= args.pool:
+        parser.error("--refresh must be at least 1 and at most --pool")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # this process only: the training script is a program of its own, not a library call
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
@@ -233,17 +487,27 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.resume:
         components = load_components(args.resume)
-        std, ae_losses = 1.0 / components["vae"].config.scaling_factor, []
+        std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
         log(f"resumed from {args.resume}: the autoencoder is kept, the inpainting phase goes on")
     else:
         components = make_components(args.seed)
-        std, ae_losses = train_autoencoder(components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop)
+        std, ae_losses, ae_val = train_autoencoder(components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop)
         components["vae"].register_to_config(scaling_factor=1.0 / std)
         log(f"latent std {std:.3f}: scaling factor {1 / std:.4f}")
-    deadline = time.monotonic() + 60 * args.minutes - (time.perf_counter() - started) if args.minutes else float("inf")
-    losses = train_inpainting(components, args.steps, args.batch, rng, log, args.lr, deadline)
+    fidelity = autoencoder_fidelity(components["vae"])
+    log(f"the scorer reads {100 * fidelity:.0f} % of ground-truth shapes right through the autoencoder")
+    deadline = float("inf")
+    if args.minutes:  # keep a minute and a half for saving and the check
+        deadline = time.monotonic() + 60 * args.minutes - (time.perf_counter() - started) - (90 if args.check else 15)
+    losses, val = train_inpainting(components, args.steps, args.batch, rng, log, args.lr, deadline, args.crop,
+                                   args.full_share, args.pool, args.refresh, args.mask_weight, args.snr_gamma or None, args.ema)
     save(components, out)
+    check = faithfulness_check(components, args.check) if args.check else {}
+    if check:
+        log(f"faithfulness check (baseline, {check['cases']} held-out cases): colour {check['color']:.0%}, "
+            f"shape {check['shape']:.0%}, both {check['both']:.0%}")
     record = {"args": vars(args), "seconds": round(time.perf_counter() - started), "latent_std": std,
+              "autoencoder_fidelity": fidelity, "autoencoder_validation_loss": ae_val, "steps_done": len(losses), "check": check, "validation_loss": val,
               "final_loss": float(np.mean(losses[-100:])), "first_loss": float(np.mean(losses[:100])),
               "ae_losses": [round(v, 5) for v in ae_losses], "losses": [round(v, 5) for v in losses],
               "params": {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "unet", "text_encoder")}}

@@ -22,6 +22,8 @@ RADIUS = (22, 46)  # half the side of a shape's box, in pixels at SIZE
 SATURATION = 90  # max − min channel above this: a shape's pixel (the background stays below 40)
 MIN_SHAPE_PIXELS = 60  # fewer saturated pixels than this in a mask: no shape there
 SQUARE_FILL, CIRCLE_FILL = 0.89, 0.64  # fill-ratio boundaries: square above, circle between, triangle below
+PLACEMENTS = ("background", "next to", "over")  # where a neglect case's mask lies
+CASE_SEED = 1_000_003  # held-out cases: far from the training seeds
 
 
 @dataclass(frozen=True)
@@ -151,3 +153,50 @@ def color_fraction(image: PIL.Image.Image, mask: PIL.Image.Image, color: str) ->
     saturated = (rgb.max(-1) - rgb.min(-1) > SATURATION) & inside
     hit = saturated & (nearest_color(rgb, saturated) == list(COLORS).index(color))
     return float(hit.sum()) / max(int(inside.sum()), 1)
+
+
+@dataclass
+class NeglectCase:
+    """A held-out case built to provoke prompt neglect (the faithfulness benchmark's and the training check's)."""
+
+    index: int
+    image: PIL.Image.Image
+    mask: PIL.Image.Image
+    prompt: str
+    color: str
+    shape: str
+    placement: str
+
+
+def neglect_cases(count: int, seed: int = CASE_SEED) -> list[NeglectCase]:
+    """`count` cases, placements in turn (mask on empty background, touching a shape's box, covering a shape);
+    the prompt's colour and shape both differ from every shape in the scene."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        placement = PLACEMENTS[len(cases) % len(PLACEMENTS)]
+        scene = random_scene(rng, count=(1, 3))
+        colors = [c for c in COLORS if all(s.color != c for s in scene.shapes)]
+        shapes = [s for s in SHAPES if all(x.shape != s for x in scene.shapes)]
+        if not colors or not shapes:
+            continue
+        color, shape = str(rng.choice(colors)), str(rng.choice(shapes))
+        r = 40
+        if placement == "background":
+            box = free_box(rng, scene.shapes, r, margin=8)
+        elif placement == "over":  # the mask covers the first shape with a margin
+            target = scene.shapes[0]
+            box = (target.cx - target.r - 6, target.cy - target.r - 6, target.cx + target.r + 6, target.cy + target.r + 6)
+        else:  # next to: the mask's box touches the first shape's box on one side
+            target = scene.shapes[0]
+            side = int(rng.integers(4))
+            dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][side]
+            cx, cy = target.cx + dx * (target.r + r), target.cy + dy * (target.r + r)
+            box = (cx - r, cy - r, cx + r, cy + r)
+            if min(box) < 0 or max(box) > SIZE:
+                box = None
+        if box is None:
+            continue
+        box = tuple(int(np.clip(v, 0, SIZE)) for v in box)
+        cases.append(NeglectCase(len(cases), scene.image, box_mask(box), f"a {color} {shape}", color, shape, placement))
+    return cases

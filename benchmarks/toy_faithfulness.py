@@ -28,10 +28,9 @@ import PIL.Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hdpainter.defaults import METHODS, VANILLA_SCALE  # noqa: E402
+from hdpainter.defaults import METHODS, RASG_SIGMAS, VANILLA_SCALE  # noqa: E402
 from hdpainter.eval.run import EVAL_RASG_ETA  # noqa: E402
 from hdpainter.eval.stats import rate_interval, sign_test  # noqa: E402
-from hdpainter.inpaint import RASG_SIGMAS  # noqa: E402
 from hdpainter.toy import world  # noqa: E402
 from hdpainter.toy.world import PLACEMENTS, NeglectCase, neglect_cases  # noqa: E402
 

@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from .defaults import METHODS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE, VANILLA_SCALE
+from .defaults import METHODS, RASG_SIGMAS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE, VANILLA_SCALE
 from .errors import HDPainterError
 from .outputs import image_format, output_paths, save_image
 
@@ -106,7 +106,7 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--rasg-eta", type=float, default=0.1, help="RASG η (reference 0.1; the paper's evaluation used 0.25)")
-    p.add_argument("--rasg-sigma", default="reference", choices=("reference", "paper"), help="σ of RASG's step (see README)")
+    p.add_argument("--rasg-sigma", default="reference", choices=RASG_SIGMAS, help="σ of RASG's step (see README)")
     p.add_argument("--vanilla-scale", type=float, default=VANILLA_SCALE, help=f"s of --method vanilla-guidance (default {VANILLA_SCALE:g})")
     p.add_argument("--negative-prompt", default=REFERENCE_NEGATIVE_PROMPT, help="default: the reference's negative prompt; '' for none")
     p.add_argument("--positive-prompt", default=REFERENCE_POSITIVE_PROMPT, help="appended to the prompt; default: the reference's; '' for none")

@@ -9,5 +9,7 @@ REFERENCE_NEGATIVE_PROMPT = (
 )
 SEED_STRIDE = 1000  # sample k of a request uses seed + k·1000, as the reference CLI
 # Stage 1's methods: the paper's four (Table 2), and the ablation RASG replaces (Eq. 6 post-hoc guidance).
-METHODS = ("baseline", "painta", "rasg", "painta+rasg", "vanilla-guidance")
+PAPER_METHODS = ("baseline", "painta", "rasg", "painta+rasg")
+METHODS = PAPER_METHODS + ("vanilla-guidance",)
+RASG_SIGMAS = ("reference", "paper")  # σ of RASG's step: per-step α (the authors' code) or cumulative ᾱ (the paper)
 VANILLA_SCALE = 1000.0  # s of "vanilla-guidance", on the gradient of RASG's objective (mean over the grid's cells)

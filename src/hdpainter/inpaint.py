@@ -21,11 +21,10 @@ from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_atten
 from .core.rasg import ddim_sigma, normalize_gradient, rasg_objective, vanilla_guidance
 from .core.sampling import ddim_step, split_prediction, trailing_timesteps
 from .core.tokens import prompt_token_indices
-from .defaults import METHODS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE
+from .defaults import METHODS, RASG_SIGMAS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE
 from .errors import HDPainterError
 
 LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
-RASG_SIGMAS = ("reference", "paper")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 

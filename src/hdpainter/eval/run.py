@@ -22,13 +22,14 @@ from pathlib import Path
 
 import PIL.Image
 
+from ..defaults import PAPER_METHODS
 from ..errors import HDPainterError
 from ..outputs import save_image
 from . import metrics as M
 from .coco import EVAL_SIZE, Coco, Pair, read_pairs, sample_pairs, write_pairs
 from .stats import mean_interval, rate_interval
 
-METHODS = ("baseline", "painta", "rasg", "painta+rasg")
+METHODS = PAPER_METHODS  # the paper's Table 2
 PAPER_PAIRS = 10000
 EVAL_RASG_ETA = 0.25  # the reference's evaluation (its demo uses 0.1)
 PAPER_TABLE = {  # METHOD §7 / the paper's Table 2: SD 2 inpainting, 10,000 pairs

@@ -1,0 +1,339 @@
+"""The one request schema: every option of an inpainting job, with its default, choices, range and help.
+
+`InpaintRequest` (stage 1's options, the mask conveniences, `guidance`: where PAIntA and RASG act, and
+`sr`: stage 2) is the only place these are declared. The CLI's flags, the web UI's widgets, batch
+manifests' columns and the metadata written with each result are all built from `options()`, so a new
+option appears everywhere at once. Cheap to import: no torch, no diffusers.
+
+Every option has a *key* (`steps`, `sr_steps`, …): the CLI flag without its dashes, a manifest column and a
+metadata entry. Library errors name the field (`sr.num_inference_steps`); the CLI names the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .defaults import (
+    CROP_ALIGN,
+    METHODS,
+    POISSON_PAD,
+    RASG_SIGMAS,
+    REFERENCE_NEGATIVE_PROMPT,
+    REFERENCE_POSITIVE_PROMPT,
+    SEED_STRIDE,
+    VANILLA_SCALE,
+    WORKING_SIZE,
+)
+from .errors import HDPainterError
+
+SR_METHODS = ("specialized", "baseline", "bicubic")
+SR_REGIONS = ("crop", "whole")
+ATTENTION_GRIDS = (8, 16, 32, 64)  # pixel divisors of an SD UNet's attention grids (H/8 … H/64)
+WORKING_RANGE = (64, 2048)
+TILING = {"auto": None, "on": True, "off": False}  # vae_tiling's values as the CLI and UI spell them
+
+
+def option(default, help: str, *, key: str | None = None, choices=None, range=None, multiple_of=None,
+           labels: Mapping[str, Any] | None = None, group: str = "stage 1", ui_max=None, odd=False):
+    """A dataclass field that carries its own help, choices, range and CLI key (see `Option`)."""
+    meta = dict(help=help, key=key, choices=choices, range=range, multiple_of=multiple_of, labels=labels,
+                group=group, ui_max=ui_max, odd=odd)
+    return field(default=default, metadata=meta)
+
+
+class OptionError(HDPainterError):
+    """An option's value is out of its range or choices; `option` says which, `detail` what is wrong."""
+
+    def __init__(self, option: "Option", detail: str, flag: bool = False):
+        self.option, self.detail = option, detail
+        super().__init__(f"{option.flag if flag else option.name} {detail}")
+
+    def for_cli(self) -> "OptionError":
+        """The same error naming the command-line flag instead of the Python field."""
+        return OptionError(self.option, self.detail, flag=True)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One field of the schema, as front-ends see it."""
+
+    path: tuple[str, ...]  # attribute path in InpaintRequest: ("sr", "num_inference_steps")
+    key: str  # flag without dashes, manifest column, metadata key: "sr_steps"
+    type: type  # int, float, str or bool (of each element when `sequence`)
+    default: Any
+    help: str
+    group: str
+    choices: tuple | None = None
+    range: tuple | None = None  # (low, high) inclusive; None for an open end
+    multiple_of: int | None = None
+    labels: Mapping[str, Any] | None = None  # text → value, for options whose values are not plain text
+    optional: bool = False  # None is a value (e.g. "automatic")
+    sequence: bool = False  # a tuple of `type`
+    ui_max: float | None = None  # the web UI slider's upper end, where the range has none or a large one
+    odd: bool = False
+
+    @property
+    def name(self) -> str:
+        """The field as the library names it in errors: `num_inference_steps`, `sr.context`."""
+        return ".".join(self.path)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    def label(self, value) -> Any:
+        """A value as the CLI and UI show it (vae_tiling None → "auto"; a grid tuple → "16,32")."""
+        if self.labels is not None:
+            return next(text for text, v in self.labels.items() if v == value)
+        if self.sequence:
+            return ",".join(str(v) for v in value)
+        return value
+
+    def parse(self, value) -> Any:
+        """A value from text (a CLI argument, a CSV cell, a form field) or already typed; then checked."""
+        if self.labels is not None:
+            if isinstance(value, str) and value in self.labels:
+                value = self.labels[value]
+            elif isinstance(value, str) or value not in self.labels.values():
+                raise OptionError(self, f"must be one of {', '.join(self.labels)}; got {value!r}")
+        elif self.sequence and isinstance(value, str):
+            value = tuple(self._scalar(part.strip()) for part in value.split(",") if part.strip())
+        elif self.sequence:
+            value = tuple(self._scalar(v) for v in value)
+        elif self.optional and (value is None or value == ""):
+            value = None
+        else:
+            value = self._scalar(value)
+        self.check(value)
+        return value
+
+    def _scalar(self, value):
+        if self.type is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise OptionError(self, f"must be true or false; got {value!r}")
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            if self.type is int and isinstance(value, (bool, float)):
+                raise ValueError
+            return self.type(value)
+        except (TypeError, ValueError):
+            raise OptionError(self, f"must be {'an integer' if self.type is int else 'a number'}; got {value!r}") from None
+
+    def check(self, value) -> None:
+        if value is None and (self.optional or self.labels is not None):
+            return
+        if self.sequence:
+            if not value:
+                raise OptionError(self, "must list at least one value")
+            for v in value:
+                self._check_one(v)
+            return
+        self._check_one(value)
+
+    def _check_one(self, value) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise OptionError(self, f"must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        if self.range is not None:
+            low, high = self.range
+            if high is None and value < low:
+                raise OptionError(self, f"must be at least {low}, got {value}")
+            if low is None and value > high:
+                raise OptionError(self, f"must be at most {high}, got {value}")
+            if low is not None and high is not None and not low <= value <= high:
+                raise OptionError(self, f"must be in {low}..{high}, got {value}")
+        if self.multiple_of and value % self.multiple_of:
+            lo, hi = self.range or (None, None)
+            where = f" in {lo}..{hi}" if lo is not None and hi is not None else ""
+            raise OptionError(self, f"must be a multiple of {self.multiple_of}{where}, got {value}")
+        if self.odd and value % 2 == 0:
+            raise OptionError(self, f"must be odd, got {value}")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Where and when PAIntA and RASG act (reference values, docs/method.md §3-4)."""
+
+    painta_until_t: int = option(500, "PAIntA is active while the timestep t is above this", range=(-1, 1000),
+                                 group="guidance")
+    painta_grids: tuple[int, ...] = option((16, 32), "pixel divisors of the grids whose self-attention becomes PAIntA",
+                                           choices=ATTENTION_GRIDS, group="guidance")
+    rasg_grid: int = option(32, "pixel divisor of the grid whose cross-attention logits RASG reads (H/32)",
+                            choices=ATTENTION_GRIDS, group="guidance")
+    rasg_logit_offset: float = option(1.0, "RASG's objective is BCE-with-logits(Ā − offset, M)", group="guidance")
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    """Stage 2: the ×4 super-resolution and the Poisson blend; the defaults are the reference's (docs/method.md §5-6)."""
+
+    method: str = option("specialized", "specialized: the ×4 upscaler with the known region blended in at every step "
+                         "(Eq. 10); baseline: the plain ×4 upscaler; bicubic: no diffusion",
+                         key="sr_method", choices=SR_METHODS, group="stage 2")
+    num_inference_steps: int = option(20, "upscaler DDIM steps, trailing spacing (999, 949, …, 49)", key="sr_steps",
+                                      range=(1, 1000), group="stage 2", ui_max=100)
+    guidance_scale: float = option(7.5, "the upscaler's classifier-free guidance", key="sr_guidance_scale",
+                                   range=(0, None), group="stage 2", ui_max=20)
+    noise_level: int = option(20, "noise added to the low-res condition (also the UNet's class label)",
+                              key="sr_noise_level", range=(0, 350), group="stage 2")
+    prompt_suffix: str = option("high resolution professional photo", "the upscaler's prompt is 'PROMPT, SUFFIX'",
+                                key="sr_prompt_suffix", group="stage 2")
+    negative_prompt: str = option("", "the upscaler's negative prompt", key="sr_negative_prompt", group="stage 2")
+    mask_dilation: int = option(19, "iterations of the 3×3 cross dilation of the high-res mask",
+                                key="sr_mask_dilation", range=(0, None), group="stage 2", ui_max=64)
+    mask_blur: int = option(19, "Gaussian kernel (latent pixels, odd) softening Eq. 10's mask",
+                            key="sr_mask_blur", range=(1, None), odd=True, group="stage 2", ui_max=63)
+    canvas_multiple: int = option(256, "the high-res image is reflect-padded right/bottom to a multiple of this",
+                                  key="sr_canvas_multiple", range=(CROP_ALIGN, None), multiple_of=CROP_ALIGN,
+                                  group="stage 2", ui_max=512)
+    region: str = option("crop", "crop: super-resolve a box around the mask; whole: the whole image, as the reference",
+                         key="sr_region", choices=SR_REGIONS, group="stage 2")
+    context: int = option(128, "pixels of context around the mask in crop mode, at 4× the working size",
+                          key="sr_context", range=(0, None), group="stage 2", ui_max=512)
+    vae_tiling: bool | None = option(None, "stage 2's VAE in tiles: auto (regions above 1 MP), on, off (the "
+                                     "reference's; much more memory)", key="vae_tiling", labels=TILING, group="stage 2")
+    blend_dilation: int | None = option(None, "Poisson blend: mask dilation in output pixels (auto: 48 per 2048 px of "
+                                        "the long side, the reference's)", key="blend_dilation", range=(1, None),
+                                        group="stage 2", ui_max=256)
+    blend_pad: int = option(POISSON_PAD, "Poisson blend: reflect padding around the image", key="blend_pad",
+                            range=(1, None), group="stage 2", ui_max=256)
+
+    def check(self) -> None:
+        for opt in _options(type(self), ("sr",)):
+            opt.check(getattr(self, opt.path[-1]))
+
+
+@dataclass
+class InpaintRequest:
+    """One inpainting job, shared by the Python API, the CLI, the web UI, batch and eval."""
+
+    prompt: str
+    method: str = option("painta+rasg", "painta+rasg (HD-Painter), painta, rasg, baseline (plain inpainting), or the "
+                         "ablation vanilla-guidance (Eq. 6 post-hoc guidance instead of RASG)", choices=METHODS)
+    num_inference_steps: int = option(50, "DDIM steps, trailing spacing (999, 979, …, 19 for 50)", key="steps",
+                                      range=(1, 1000), ui_max=200)
+    guidance_scale: float = option(7.5, "classifier-free guidance scale (≤ 1: no unconditional pass)", range=(0, None),
+                                   ui_max=20)
+    rasg_eta: float = option(0.1, "η of RASG's step (the reference's 0.1; the paper's evaluation 0.25)",
+                             range=(0, None), ui_max=1)
+    rasg_sigma: str = option("reference", "σ of RASG's step: per-step α (reference, the authors' code) or "
+                             "cumulative ᾱ (paper)", choices=RASG_SIGMAS)
+    vanilla_scale: float = option(VANILLA_SCALE, "s of method vanilla-guidance, on ∇ of RASG's objective")
+    negative_prompt: str = option(REFERENCE_NEGATIVE_PROMPT, "the unconditional prompt (the reference's list; '' for none)")
+    positive_prompt: str = option(REFERENCE_POSITIVE_PROMPT, "appended as 'PROMPT, POSITIVE' (the reference's; '' for none)")
+    seed: int = option(1, f"seed; sample k (from 0) uses seed + {SEED_STRIDE}·k, as the reference")
+    num_samples: int = option(1, "samples (one batched stage-1 run)", range=(1, None), ui_max=4)
+    working_size: int = option(WORKING_SIZE, "long side of stage 1's resolution (stage 2 lifts it ×4)",
+                               range=WORKING_RANGE, multiple_of=8, ui_max=1024)
+    mask_invert: bool = option(False, "fill what the mask leaves out", group="mask")
+    mask_grow: int = option(0, "grow the mask by this many pixels (Euclidean; negative shrinks)", group="mask", ui_max=64)
+    mask_feather: int = option(0, "paste the result through the mask softened across its edge by this many pixels "
+                               "(0: the Poisson blend's own edge)", range=(0, None), group="mask", ui_max=64)
+    upscale: bool = option(True, "stage 2 (super-resolution and Poisson blend); off: resize the stage-1 result and "
+                           "paste it (a fast preview)", group="stage 2")
+    guidance: GuidanceConfig = GuidanceConfig()
+    sr: SRConfig = SRConfig()
+    extra: dict = field(default_factory=dict)  # recorded in the metadata alongside (the input's file name, …)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> "InpaintRequest":
+        """A request from option keys (`steps`, `sr_steps`, as the CLI and manifests spell them) or field names
+        (`num_inference_steps`), values typed or as text. `prompt` is required; unknown keys are an error."""
+        by_name = option_index()
+        flat: dict[tuple[str, ...], Any] = {}
+        prompt = None
+        for name, value in values.items():
+            if name == "prompt":
+                prompt = value
+                continue
+            if name not in by_name:
+                raise HDPainterError(f"unknown option {name!r}")
+            opt = by_name[name]
+            flat[opt.path] = opt.parse(value)
+        if not isinstance(prompt, str):
+            raise HDPainterError("prompt must be a string")
+        return cls(prompt).replace(flat)
+
+    def replace(self, values: Mapping[tuple[str, ...], Any]) -> "InpaintRequest":
+        """A copy with the options at these paths set (nested configs rebuilt)."""
+        top = {path[0]: v for path, v in values.items() if len(path) == 1}
+        for nested in ("guidance", "sr"):
+            inner = {path[1]: v for path, v in values.items() if len(path) == 2 and path[0] == nested}
+            if inner:
+                top[nested] = dataclasses.replace(getattr(self, nested), **inner)
+        return dataclasses.replace(self, **top)
+
+    def validate(self, image_size: tuple[int, int] | None = None) -> None:
+        """Every option against its range and choices; with `image_size`, the options bounded by the image too."""
+        if not isinstance(self.prompt, str):
+            raise HDPainterError("prompt must be a string")
+        for opt in options():
+            opt.check(self.get(opt))
+        if image_size is not None:
+            long_side = max(image_size)
+            for opt in options():
+                if opt.key in ("mask_feather", "blend_dilation", "blend_pad"):
+                    value = self.get(opt)
+                    low = opt.range[0]
+                    if value is not None and not low <= value <= long_side:
+                        raise OptionError(opt, f"must be in {low}..{long_side} (the image's long side), got {value}")
+
+    def get(self, opt: Option):
+        value = self
+        for part in opt.path:
+            value = getattr(value, part)
+        return value
+
+    def stage1_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(w, h) of stage 1's result for an image of `image_size`: long side `working_size`, short side truncated."""
+        w, h = image_size
+        s = self.working_size
+        return min(s, int(s * w / h)), min(s, int(s * h / w))
+
+    def needs_upscaler(self, image_size: tuple[int, int]) -> bool:
+        """Whether stage 2 diffuses for an image of this size: on, not bicubic, and larger than stage 1's result."""
+        return self.upscale and self.sr.method != "bicubic" and max(image_size) > max(self.stage1_size(image_size))
+
+    def seeds(self) -> list[int]:
+        """The seed of each sample: seed + 1000·k, as the reference CLI."""
+        return [self.seed + k * SEED_STRIDE for k in range(self.num_samples)]
+
+    def metadata(self) -> dict:
+        """Every option by its key (as the CLI and manifests spell it), the prompt, and `extra`."""
+        return {"prompt": self.prompt} | {opt.key: self.get(opt) for opt in options()} | self.extra
+
+
+def _options(cls, prefix: tuple[str, ...] = ()) -> Iterator[Option]:
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        default = f.default
+        sequence = isinstance(default, tuple)
+        kind = type(default[0]) if sequence else type(default) if default is not None else int
+        yield Option(path=prefix + (f.name,), key=meta["key"] or f.name, type=kind, default=default, help=meta["help"],
+                     group=meta["group"], choices=meta["choices"], range=meta["range"], multiple_of=meta["multiple_of"],
+                     labels=meta["labels"], optional=default is None and meta["labels"] is None, sequence=sequence,
+                     ui_max=meta["ui_max"], odd=meta["odd"])
+
+
+def options() -> list[Option]:
+    """Every option of InpaintRequest except the prompt, in declaration order (stage 1, mask, guidance, stage 2)."""
+    top = list(_options(InpaintRequest))
+    return top + list(_options(GuidanceConfig, ("guidance",))) + list(_options(SRConfig, ("sr",)))
+
+
+def option_index() -> dict[str, Option]:
+    """Options by key and by field name (`steps` and `num_inference_steps`; `sr_steps` and `sr.num_inference_steps`)."""
+    index = {}
+    for opt in options():
+        index[opt.key] = opt
+        index[opt.name] = opt
+    return index

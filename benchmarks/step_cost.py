@@ -73,7 +73,7 @@ def setup(size: int):
     token_mask = torch.zeros(1, 77, dtype=torch.bool)
     token_mask[0, 1:4] = True
     grid_masks = {d: torch.nn.functional.interpolate(mask, scale_factor=8 / d).flatten(1) > 0.5 for d in (16, 32)}
-    cond = Conditioning((h, w), torch.cat([mask, torch.randn(1, 4, h, w, generator=g)], 1),
+    cond = Conditioning((h, w), 8, torch.cat([mask, torch.randn(1, 4, h, w, generator=g)], 1),
                         torch.randn(1, 77, 1024, generator=g), torch.randn(1, 77, 1024, generator=g), token_mask, grid_masks)
     return unet, cond, torch.randn(1, 4, h, w, generator=g)
 
@@ -89,7 +89,7 @@ def make_step(unet, cond, latents, method: str, t: int):
     on = method == "painta+rasg"
 
     def step():
-        with torch.no_grad(), guided_attention(unet):
+        with torch.no_grad(), guided_attention(unet, 8):
             out, gradient = guided_prediction(unet, latents, t, cond, 7.5, guidance, on and t > guidance.painta_until_t, on)
         assert torch.isfinite(out).all() and (gradient is None or torch.isfinite(gradient).all())
 

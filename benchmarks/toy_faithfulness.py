@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hdpainter.defaults import METHODS, RASG_SIGMAS, VANILLA_SCALE  # noqa: E402
-from hdpainter.eval.run import EVAL_RASG_ETA  # noqa: E402
+from hdpainter.defaults import EVAL_OPTIONS  # noqa: E402
+
+EVAL_RASG_ETA = EVAL_OPTIONS["rasg_eta"]  # the paper's evaluation
 from hdpainter.eval.stats import rate_interval, sign_test  # noqa: E402
 from hdpainter.toy import world  # noqa: E402
 from hdpainter.toy.world import PLACEMENTS, NeglectCase, neglect_cases  # noqa: E402

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 
 from hdpainter import cli
+from hdpainter.painter import prepare_job
 
 STEPS = ["--steps", "2", "--device", "cpu"]
 
@@ -49,7 +50,7 @@ def test_subprocess_run_keeps_size_metadata_and_known_pixels(tmp_path, tiny_mode
     results = [PIL.Image.open(p) for p in paths]
     params = [json.loads(r.info["parameters"]) for r in results]
     assert [p["seed"] for p in params] == [1, 1001]
-    assert params[0]["prompt"] == "a red boat" and params[0]["method"] == "painta+rasg" and params[0]["num_inference_steps"] == 2
+    assert params[0]["prompt"] == "a red boat" and params[0]["method"] == "painta+rasg" and params[0]["steps"] == 2
     original = rgba[..., :3]
     far = ~np.asarray(PIL.Image.fromarray(mask).resize((301, 207))).astype(bool)
     far[50:150, 90:230] = False  # away from the mask (grown by the compositing margin)
@@ -92,11 +93,11 @@ def corrupt(path):
         ("bad extension", "image format"),
         ("no output folder", "output folder does not exist"),
         ("too many steps", "--steps must be in 1..1000"),
-        ("bad working size", "working size must be a multiple of 8"),
+        ("bad working size", "--working-size must be a multiple of 8"),
         ("unknown upscaler", "unknown model 'nonsense'"),
         ("cpu offload without a GPU", "it needs a CUDA device"),
-        ("huge blend dilation", "blend_dilation must be in 1..256"),
-        ("negative feather", "--mask-feather must be 0 or more"),
+        ("huge blend dilation", "--blend-dilation must be in 1..256"),
+        ("negative feather", "--mask-feather must be at least 0"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, case, message):
@@ -237,7 +238,8 @@ def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
     args = cli._parser().parse_args([*base, "--mask-color", "#ff0000", "--mask-invert", "--mask-grow", "2"])
     grown_outside = np.ones((40, 60), bool)
     grown_outside[12:18, 12:28] = False  # the unmasked hole shrinks by 2 on each side
-    assert np.array_equal(np.asarray(cli.load_mask(args)) > 0, grown_outside)
+    job = prepare_job(PIL.Image.fromarray(picture), cli.load_mask(args), cli.make_request(args, "p"))  # invert, grow
+    assert np.array_equal(np.asarray(job.mask) > 0, grown_outside)
     args = cli._parser().parse_args([*base, "--mask-feather", "4"])
     assert cli.make_request(args, "p").mask_feather == 4
 
@@ -249,7 +251,7 @@ def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
     (["--port", "70000"], "--port must be in 1..65535"),
     (["--max-upload-mb", "0"], "--max-upload-mb must be at least 1"),
     (["--upscaler", "nope"], "unknown model 'nope'"),
-    (["--working-size", "50"], "working size"),
+    (["--working-size", "50"], "--working-size must be in 64..2048"),
 ])
 def test_ui_bad_options_are_one_line_before_any_loading(capsys, tiny_model_dir, extra, message):
     import socket

@@ -165,7 +165,7 @@ def test_reference_timesteps_for_50_steps():
 
 
 def test_uint8_conversion_truncates_like_the_reference():
-    from hdpainter.inpaint import to_uint8
+    from hdpainter.images import to_uint8
 
     x = torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0, 2 * 100.7 / 255 - 1]).view(1, 1, 1, -1).expand(1, 3, 1, -1)
     # 255 (x + 1) / 2, clipped to [-1, 1] first, then truncated: 127.5 → 127, 254.87 → 254, 100.7 → 100

@@ -24,7 +24,9 @@ def painter(pipe, tiny_upscaler_dir):
 
 
 def request(**kw):
-    return InpaintRequest("a red ball", method="baseline", num_inference_steps=2, sr_steps=2, working_size=WORKING, **kw)
+    """A request from option keys (as the CLI spells them): baseline, 2 + 2 steps, the small working size."""
+    return InpaintRequest.from_options(dict(prompt="a red ball", method="baseline", steps=2, sr_steps=2,
+                                            working_size=WORKING) | kw)
 
 
 def photo_and_mask(size, box):
@@ -190,20 +192,19 @@ def test_a_window_resized_from_its_source_box_equals_the_whole_resize(size):
 
 
 @pytest.mark.parametrize("option, message", [
-    ({"sr_method": "nope"}, "sr_method must be one of specialized, baseline, bicubic"),
-    ({"sr_region": "half"}, "sr_region must be one of crop, whole"),
-    ({"sr_context": -1}, "sr_context must not be negative"),
-    ({"sr_steps": 0}, "sr_steps must be in 1..1000"),
-    ({"blend_pad": 0}, "blend_pad must be in 1..300"),
-    ({"blend_dilation": 301}, "blend_dilation must be in 1..300"),
+    ({"sr_method": "nope"}, "sr.method must be one of specialized, baseline, bicubic"),
+    ({"sr_region": "half"}, "sr.region must be one of crop, whole"),
+    ({"sr_context": -1}, "sr.context must be at least 0"),
+    ({"sr_steps": 0}, "sr.num_inference_steps must be in 1..1000"),
+    ({"blend_pad": 0}, "sr.blend_pad must be at least 1"),
+    ({"blend_dilation": 301}, "sr.blend_dilation must be in 1..300"),
 ])
 def test_stage2_options_are_checked_before_any_work(option, message):
     from hdpainter.errors import HDPainterError
-    from hdpainter.painter import check_request
 
     with pytest.raises(HDPainterError, match=message):
-        check_request((300, 200), InpaintRequest("a boat", **option))
-    check_request((300, 200), InpaintRequest("a boat"))  # the defaults pass
+        InpaintRequest.from_options({"prompt": "a boat"} | option).validate((300, 200))
+    InpaintRequest("a boat").validate((300, 200))  # the defaults pass
 
 
 @pytest.mark.parametrize("upscale", [True, False])
@@ -219,4 +220,6 @@ def test_mask_feather_pastes_the_result_through_a_soft_edge(painter, upscale):
     assert np.array_equal(np.asarray(soft), want.astype(np.uint8))
     assert not np.array_equal(np.asarray(soft), np.asarray(plain))
     with pytest.raises(HDPainterError, match="mask_feather must be in 0..151"):
+        painter(image, mask, request(mask_feather=152), progress=False)
+    with pytest.raises(HDPainterError, match="mask_feather must be at least 0"):
         painter(image, mask, request(mask_feather=-1), progress=False)

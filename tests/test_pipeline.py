@@ -79,11 +79,11 @@ def test_painta_block_output_matches_explicit_eq5(pipe, photo):
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {d: torch.from_numpy(imgs.grid_mask(prepared.mask, d, "half")).flatten()[None] for d in (16, 32)}
     block = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0]  # grid H/16
-    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, painta_divisors=(16, 32))
+    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, painta_divisors=(16, 32), latent_factor=pipe.vae_scale_factor)
     x_t = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
     unet_in = torch.cat([x_t, mask_latent, image_latents], 1).repeat(2, 1, 1, 1)
     seen, handle = capture_block(block)
-    with torch.no_grad(), guided_attention(pipe.unet):
+    with torch.no_grad(), guided_attention(pipe.unet, pipe.vae_scale_factor):
         pipe.unet(unet_in, torch.tensor([999, 999]), encoder_hidden_states=torch.cat([uncond, cond]),
                   cross_attention_kwargs={STATE_KEY: state})
     handle.remove()
@@ -115,9 +115,9 @@ def test_rasg_logits_are_mean_over_h32_cross_attention_layers_and_heads(pipe, ph
     masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
     blocks = [b for b in pipe.unet.modules() if hasattr(b, "attn2") and hasattr(b, "norm2")]
     captures = [capture_block(b) for b in blocks]
-    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cond", token_mask, masks, rasg_divisors=(32,))
+    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cond", token_mask, masks, rasg_divisors=(32,), latent_factor=pipe.vae_scale_factor)
     x_t = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad(), guided_attention(pipe.unet):
+    with torch.no_grad(), guided_attention(pipe.unet, pipe.vae_scale_factor):
         pipe.unet(torch.cat([x_t, mask_latent, image_latents], 1), torch.tensor([500]), encoder_hidden_states=cond,
                   cross_attention_kwargs={STATE_KEY: state})
     for _, handle in captures:
@@ -157,10 +157,10 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     s_ = ab if variant == "paper" else a
     ts = list(range(999, 0, -1000 // steps))
     z = noise.clone()
-    with guided_attention(pipe.unet):
+    with guided_attention(pipe.unet, pipe.vae_scale_factor):
         for i, t in enumerate(ts):
             z = z.detach().requires_grad_(True)
-            state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, rasg_divisors=(32,))
+            state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, rasg_divisors=(32,), latent_factor=pipe.vae_scale_factor)
             z_in = torch.cat([torch.cat([z, z]), torch.cat([mask_latent, image_latents], 1).repeat(2, 1, 1, 1)], 1)
             out = pipe.unet(z_in, torch.tensor([t, t]), encoder_hidden_states=torch.cat([uncond, cond]),
                             cross_attention_kwargs={STATE_KEY: state}).sample
@@ -316,9 +316,9 @@ def test_rasg_pass_records_no_graph_after_the_last_rasg_layer(pipe, photo):
     prepared, mask_latent, image_latents, cond, _ = conditioning(pipe, photo)
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {d: torch.from_numpy(imgs.grid_mask(prepared.mask, d, "half")).flatten()[None] for d in (16, 32)}
-    c = Conditioning((SIZE // 8, SIZE // 8), torch.cat([mask_latent, image_latents], 1), cond, None, token_mask, masks)
+    c = Conditioning((SIZE // 8, SIZE // 8), pipe.vae_scale_factor, torch.cat([mask_latent, image_latents], 1), cond, None, token_mask, masks)
     x = torch.randn(1, 4, SIZE // 8, SIZE // 8).requires_grad_(True)
-    with torch.no_grad(), guided_attention(pipe.unet):
+    with torch.no_grad(), guided_attention(pipe.unet, pipe.vae_scale_factor):
         with torch.enable_grad():
             out, state = _unet(pipe.unet, x, 999, cond, c, "cond", (16, 32), (32,))
         assert not torch.is_grad_enabled()

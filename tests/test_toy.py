@@ -194,8 +194,8 @@ def test_the_shipped_model_paints_the_prompted_colour(toy):
     cases = world.neglect_cases(12, seed=5)  # held out: four of each placement
     hits = both = 0
     for case in cases:
-        request = InpaintRequest(case.prompt, num_inference_steps=25, negative_prompt="", positive_prompt="",
-                                 seed=case.index, working_size=256, sr_method="bicubic")
+        request = InpaintRequest.from_options(dict(prompt=case.prompt, steps=25, negative_prompt="", positive_prompt="",
+                                                   seed=case.index, working_size=256, sr_method="bicubic"))
         out = toy(case.image, case.mask, request, progress=False)[0]
         fractions = {c: world.color_fraction(out, case.mask, c) for c in world.COLORS}
         hits += max(fractions, key=fractions.get) == case.color and fractions[case.color] > 0.1

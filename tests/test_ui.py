@@ -17,7 +17,7 @@ pytest.importorskip("gradio")
 
 from hdpainter.errors import HDPainterError  # noqa: E402
 from hdpainter.painter import HDPainter, InpaintRequest  # noqa: E402
-from hdpainter.ui import InpaintApp, UIConfig, UIRequest, launch, progress_reporter  # noqa: E402
+from hdpainter.ui import InpaintApp, UIConfig, UIRequest, form_options, launch, progress_reporter  # noqa: E402
 
 WORKING = 64
 
@@ -44,9 +44,10 @@ def box_mask(size, box):
 
 
 def form(image, layers=(), model="m", **kw):
+    """The form as the browser sends it: the editor, a mask upload, the prompt, the model, options by key."""
     editor = {"background": image.convert("RGBA"), "layers": list(layers), "composite": None}
-    defaults = dict(prompt="a red ball", method="painta+rasg", steps=2, seed=3)
-    return UIRequest(editor, kw.pop("mask_upload", None), model=model, **(defaults | kw))
+    defaults = dict(method="painta+rasg", steps=2, seed=3)
+    return UIRequest(editor, kw.pop("mask_upload", None), kw.pop("prompt", "a red ball"), model, defaults | kw)
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +61,15 @@ def app(tiny_model_dir, tiny_upscaler_dir, tmp_path_factory):
 def api_result(app, image, mask, **kw):
     """The same job through the Python API, on the app's own loaded models."""
     painter = app.cache.get(app.config.models[0])
-    defaults = dict(method="painta+rasg", num_inference_steps=2, seed=3, working_size=WORKING, sr_steps=20)
-    return painter(image, mask, InpaintRequest("a red ball", **(defaults | kw)), progress=False)
+    defaults = dict(prompt="a red ball", method="painta+rasg", steps=2, seed=3, working_size=WORKING, sr_steps=20)
+    return painter(image, mask, InpaintRequest.from_options(defaults | kw), progress=False)
 
 
 def test_results_equal_the_python_api_with_parameters_in_the_png(app):
     image, box = photo(), (30, 20, 60, 44)
     model = app.config.models[0]
-    shown, paths = app.run(form(image, [stroke_layer(image.size, box)], model=model, num_samples=2, upscale=False))
+    result = app.run(form(image, [stroke_layer(image.size, box)], model=model, num_samples=2, upscale=False))
+    shown, paths = result.image, result.paths
     assert np.array_equal(np.asarray(shown), np.asarray(image))
     expected = api_result(app, image, box_mask(image.size, box), num_samples=2, upscale=False)
     assert len(paths) == 2
@@ -77,7 +79,7 @@ def test_results_equal_the_python_api_with_parameters_in_the_png(app):
             assert saved.size == image.size
             assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(want))
         assert params["prompt"] == "a red ball" and params["seed"] == 3 + 1000 * k and params["model"] == model
-        assert params["num_inference_steps"] == 2 and params["upscale"] is False
+        assert params["steps"] == 2 and params["upscale"] is False
     assert not np.array_equal(np.asarray(expected[0]), np.asarray(expected[1]))  # two seeds, two results
 
 
@@ -89,7 +91,7 @@ def test_stage_two_runs_for_large_images_with_progress_over_both_stages(app):
         calls.append((fraction, desc))
 
     f = form(image, [stroke_layer(image.size, box)], model=app.config.models[0])
-    _, paths = app.run(f, on_step=progress_reporter(progress, f))
+    paths = app.run(f, on_step=progress_reporter(progress, f)).paths
     expected = api_result(app, image, box_mask(image.size, box))[0]
     with PIL.Image.open(paths[0]) as saved:
         assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(expected))
@@ -104,7 +106,7 @@ def test_an_uploaded_mask_takes_precedence_over_the_strokes(app):
     image, box = photo(), (10, 10, 40, 30)
     f = form(image, [stroke_layer(image.size, (50, 30, 90, 60))], model=app.config.models[0], upscale=False,
              mask_upload=box_mask(image.size, box).convert("RGB"))
-    _, paths = app.run(f)
+    paths = app.run(f).paths
     expected = api_result(app, image, box_mask(image.size, box), upscale=False)[0]
     with PIL.Image.open(paths[0]) as saved:
         assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(expected))
@@ -114,7 +116,7 @@ def test_mask_grow_is_applied(app):
     from hdpainter.images import grow_mask
 
     image, box = photo(), (30, 20, 50, 40)
-    _, paths = app.run(form(image, [stroke_layer(image.size, box)], model=app.config.models[0], upscale=False, mask_grow=6))
+    paths = app.run(form(image, [stroke_layer(image.size, box)], model=app.config.models[0], upscale=False, mask_grow=6)).paths
     expected = api_result(app, image, grow_mask(box_mask(image.size, box), 6), upscale=False)[0]
     with PIL.Image.open(paths[0]) as saved:
         assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(expected))
@@ -122,14 +124,13 @@ def test_mask_grow_is_applied(app):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(layers=[]), "the mask is empty"),
     (dict(prompt="   "), "type a prompt"),
     (dict(model="/etc"), "unknown model '/etc'"),
     (dict(model="sd2"), "unknown model 'sd2'"),  # a known short name, but not one this server offers
     (dict(mask_upload=box_mask((10, 10), (0, 0, 5, 5))), "the uploaded mask is 10x10 but the image is 96x64"),
     (dict(steps=0), "steps must be in"),
     (dict(num_samples=9), "samples must be in"),
-    (dict(method="rasg; rm -rf"), "unknown method"),
+    (dict(method="rasg; rm -rf"), "method must be one of"),
     (dict(background=None), "upload an image first"),
 ])
 def test_bad_requests_are_one_sentence_errors(app, change, message):
@@ -143,6 +144,18 @@ def test_bad_requests_are_one_sentence_errors(app, change, message):
         app.run(f)
 
 
+def test_an_empty_mask_gives_the_input_back_with_a_note(app):
+    """The painter's one policy for an empty mask, as the CLI and the API follow it: the input, unchanged, and a note."""
+    image = photo()
+    result = app.run(form(image, [], model=app.config.models[0], num_samples=2))
+    assert result.notes == ["the mask is empty: nothing to inpaint; the output is the input, unchanged"]
+    assert len(result.paths) == 2
+    for path in result.paths:
+        with PIL.Image.open(path) as saved:
+            assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(image))
+            assert json.loads(saved.text["parameters"])["unchanged"] is True
+
+
 def test_another_model_replaces_the_first_and_keeps_the_upscaler(tiny_model_dir, tiny_upscaler_dir, tmp_path):
     from hdpainter.testing import save_inpaint_model
 
@@ -153,7 +166,7 @@ def test_another_model_replaces_the_first_and_keeps_the_upscaler(tiny_model_dir,
     assert app.cache.get(str(tiny_model_dir)) is first  # loaded once, reused
     upscaler = first.upscaler
     image, box = photo(), (30, 20, 60, 44)
-    _, a = app.run(form(image, [stroke_layer(image.size, box)], model=str(other), upscale=False))
+    a = app.run(form(image, [stroke_layer(image.size, box)], model=str(other), upscale=False)).paths
     second = app.cache.painter
     assert second.model_name == str(other) and second.upscaler is upscaler and first.pipeline is None
     direct = HDPainter.from_pretrained(str(other), upscaler=None)
@@ -164,6 +177,12 @@ def test_another_model_replaces_the_first_and_keeps_the_upscaler(tiny_model_dir,
 
 
 # ---- the served app, over HTTP --------------------------------------------------------------------------
+
+
+def form_value(opt, value):
+    """A default as its widget holds it (labels for tri-states, lists for grids)."""
+    value = opt.label(value) if opt.labels is not None else value
+    return list(value) if isinstance(value, tuple) else value
 
 
 def free_port() -> int:
@@ -199,10 +218,8 @@ def client_args(app, image_path, layer_path, prompt, seed):
     from gradio_client import handle_file
 
     editor = {"background": handle_file(str(image_path)), "layers": [handle_file(str(layer_path))], "composite": None}
-    return dict(editor_value=editor, mask_value=None, prompt_value=prompt, model_value=app.config.models[0],
-                method_value="painta+rasg", steps_value=2, seed_value=seed, guidance_value=7.5, eta_value=0.1,
-                positive_value="", negative_value="", samples_value=1, upscale_value=False, sr_value="specialized",
-                grow_value=0, feather_value=0, api_name="/inpaint")
+    return dict(editor=editor, mask_upload=None, prompt=prompt, model=app.config.models[0], method="painta+rasg",
+                steps=2, seed=seed, positive_prompt="", negative_prompt="", upscale=False, api_name="/inpaint")
 
 
 def test_two_concurrent_requests_each_get_their_own_result(server, tmp_path):
@@ -273,9 +290,9 @@ def test_no_request_reaches_files_outside_the_app(server, tiny_model_dir):
         response = httpx.get(f"{url}/gradio_api/file={path}", timeout=30)
         assert response.status_code in (403, 404), path
     # an editor value that names a server file instead of an upload is refused before our code runs
+    widgets = [form_value(opt, app.defaults()[opt.key]) for opt in form_options()]
     payload = {"data": [{"background": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "layers": [],
-                         "composite": None}, None, "x", app.config.models[0], "painta+rasg", 2, 1, 7.5, 0.1, "", "", 1,
-                        False, "specialized", 0, 0]}
+                         "composite": None}, None, "x", app.config.models[0], *widgets]}
     response = httpx.post(f"{url}/gradio_api/call/inpaint", json=payload, timeout=30)
     event = response.json()["event_id"]
     stream = httpx.get(f"{url}/gradio_api/call/inpaint/{event}", timeout=60).text
@@ -289,7 +306,7 @@ def test_the_model_is_one_the_server_offers(server, tiny_upscaler_dir, tmp_path)
     photo().save(tmp_path / "photo.png")
     stroke_layer((96, 64), (30, 20, 60, 44)).save(tmp_path / "layer.png")
     args = client_args(app, tmp_path / "photo.png", tmp_path / "layer.png", "a red ball", 1)
-    args["model_value"] = str(tiny_upscaler_dir)  # a real folder on the server, not offered
+    args["model"] = str(tiny_upscaler_dir)  # a real folder on the server, not offered
     with pytest.raises(Exception):
         Client(url, verbose=False).predict(**args)
     assert app.cache.painter.model_name == app.config.models[0]

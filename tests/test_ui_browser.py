@@ -129,7 +129,7 @@ def test_paint_a_stroke_and_get_a_result(server, tmp_path):
         params = json.loads(result.text["parameters"])
         assert result.size == photo.size  # full resolution, not the preview
         changed = np.any(np.asarray(result.convert("RGB")) != np.asarray(photo), axis=-1)
-    assert params["prompt"] == "a red rose" and params["num_inference_steps"] == 3 and "upscaler" in params
+    assert params["prompt"] == "a red rose" and params["steps"] == 3 and "upscaler" in params
 
     # the stroke in photo pixels; changes lie within it grown by the brush radius and the blend's dilation
     w, h = photo.size

@@ -99,7 +99,7 @@ def test_plain_sr_equals_diffusers_upscale_pipeline(upscaler_dir, sr):
                  generator=torch.Generator().manual_seed(5), output_type="latent").images
     ref_noise = torch.randn(1, 3, 24, 32, generator=torch.Generator().manual_seed(5))
     ours = sr("a cat", low, num_inference_steps=4, latents=latents, low_res_noise=ref_noise, output_type="latent",
-              callback_on_step_end=lambda p, i, t, d: steps.append(d))
+              callback_on_step_end=lambda p, i, t, d: steps.append(d)).images
     # diffusers' last step goes on to ᾱ_0 (set_alpha_to_one=False); ours stops at x̂0 (the reference's)
     a0 = float(sr.scheduler.alphas_cumprod[0])
     last = steps[-1]
@@ -116,7 +116,7 @@ def test_eq10_blend_at_every_step(sr):
     blend[..., 4:12, 10:14] = 0.5  # soft values too
     calls, handle = unet_spy(sr)
     try:
-        x0_final = sr("a boat", low, known, blend, num_inference_steps=5, generator=g, output_type="latent")
+        x0_final = sr("a boat", low, known, blend, num_inference_steps=5, generator=g, output_type="latent").images
     finally:
         handle.remove()
     ts = [999, 799, 599, 399, 199]

@@ -1,18 +1,19 @@
 """hdpainter: prompt-faithful, high-resolution text-guided inpainting (HD-Painter, arXiv 2312.14091).
 
 Importing the package is cheap; the heavy classes load on first use:
-    from hdpainter import HDPainter, InpaintRequest, HDPainterPipeline, HDUpscalePipeline
+    from hdpainter import HDPainter, InpaintRequest, InpaintResult, HDPainterPipeline, HDUpscalePipeline
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "HDPainterPipeline": "hdpainter.inpaint",
-    "GuidanceConfig": "hdpainter.inpaint",
     "HDUpscalePipeline": "hdpainter.upscale",
-    "SRConfig": "hdpainter.upscale",
     "HDPainter": "hdpainter.painter",
-    "InpaintRequest": "hdpainter.painter",
+    "InpaintResult": "hdpainter.painter",
+    "InpaintRequest": "hdpainter.request",
+    "GuidanceConfig": "hdpainter.request",
+    "SRConfig": "hdpainter.request",
     "HDPainterError": "hdpainter.errors",
 }
 

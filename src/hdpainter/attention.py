@@ -2,7 +2,7 @@
 
 The only glue between the UNet and `core/`. Per-call state travels in an `AttentionGuidance`
 object passed to the UNet as ``cross_attention_kwargs={"hdpainter": state}``; the processors and a
-forward pre-hook per transformer block are installed by `guided_attention(unet)` and removed when the
+forward pre-hook per transformer block are installed by `guided_attention(unet, latent_factor)` and removed when the
 `with` block ends, even on error. Nothing is stored at module level.
 """
 
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from .core.painta import cross_attention_probs, painta_attention, token_relevance
 
 STATE_KEY = "hdpainter"
-LATENT_FACTOR = 8  # VAE downsampling: pixel divisor of the latent grid
 
 
 @dataclass
@@ -38,6 +37,7 @@ class AttentionGuidance:
     block_inputs: dict[int, tuple] = field(default_factory=dict)  # transformer block → (x, text), this call
     rasg_logit_sum: torch.Tensor | None = None  # (B, n, T) sum over layers and heads
     rasg_heads: int = 0
+    latent_factor: int = field(kw_only=True)  # pixels per latent pixel: the VAE's downsampling (vae_scale_factor)
     _shared_rows: dict[int, torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     def divisor(self, num_tokens: int) -> int | None:
@@ -46,10 +46,10 @@ class AttentionGuidance:
         f = round(math.sqrt(h * w / num_tokens))
         if f < 1 or (h // f) * (w // f) != num_tokens:
             return None
-        return LATENT_FACTOR * f
+        return self.latent_factor * f
 
     def grid(self, divisor: int) -> tuple[int, int]:
-        f = divisor // LATENT_FACTOR
+        f = divisor // self.latent_factor
         return self.latent_size[0] // f, self.latent_size[1] // f
 
     def add_rasg_logits(self, head_sum: torch.Tensor, heads: int) -> None:
@@ -183,18 +183,18 @@ class UNetLayout:
     simply never end it, which costs memory but not correctness.
     """
 
-    def __init__(self, unet: torch.nn.Module, names: list[str]):
+    def __init__(self, unet: torch.nn.Module, names: list[str], latent_factor: int):
         levels = len(getattr(unet, "down_blocks", ()))
         self.places: dict[str, tuple[tuple[int, ...], int]] = {}
         for name in names:
             parts = name.split(".")
             numbers = tuple(int(p) for p in parts if p.isdigit())
             if parts[0] == "down_blocks" and numbers:
-                self.places[name] = ((0, *numbers), LATENT_FACTOR * 2 ** numbers[0])
+                self.places[name] = ((0, *numbers), latent_factor * 2 ** numbers[0])
             elif parts[0] == "mid_block" and levels:
-                self.places[name] = ((1, *numbers), LATENT_FACTOR * 2 ** (levels - 1))
+                self.places[name] = ((1, *numbers), latent_factor * 2 ** (levels - 1))
             elif parts[0] == "up_blocks" and numbers and levels:
-                self.places[name] = ((2, *numbers), LATENT_FACTOR * 2 ** (levels - 1 - numbers[0]))
+                self.places[name] = ((2, *numbers), latent_factor * 2 ** (levels - 1 - numbers[0]))
         self._last: dict[tuple[int, ...], str | None] = {}
 
     def is_last(self, name: str, divisor: int, divisors: tuple[int, ...]) -> bool:
@@ -231,13 +231,14 @@ def _transformer_blocks(unet: torch.nn.Module) -> Iterator[tuple[str, torch.nn.M
 
 
 @contextlib.contextmanager
-def guided_attention(unet: torch.nn.Module) -> Iterator[None]:
-    """Install the PAIntA/RASG processors on every SD transformer block for the duration of a `with`."""
+def guided_attention(unet: torch.nn.Module, latent_factor: int) -> Iterator[None]:
+    """Install the PAIntA/RASG processors on every SD transformer block for the duration of a `with`;
+    `latent_factor` is the VAE's downsampling (pixels per latent pixel), which places the grids."""
     original = unet.attn_processors
     processors = dict(original)
     hooks = []
     blocks = list(_transformer_blocks(unet))
-    layout = UNetLayout(unet, [name for name, _ in blocks])
+    layout = UNetLayout(unet, [name for name, _ in blocks], latent_factor)
     try:
         for name, block in blocks:
             processors[f"{name}.attn1.processor"] = PaintaSelfAttention(name, block)

@@ -19,6 +19,7 @@ from .errors import HDPainterError
 from .outputs import TEMP_SUFFIX, output_paths, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MANIFEST_FILES = ("image", "mask", "prompt")  # a manifest's own columns; the others are options of the request
 MASK_SUFFIX = "_mask"  # x.png is inpainted with x_mask.png (any image suffix)
 OUTPUT_SUFFIX = ".png"
 
@@ -31,8 +32,7 @@ class BatchItem:
     image: Path | None
     mask: Path | None
     prompt: str | None = None
-    seed: int | None = None
-    negative_prompt: str | None = None
+    options: dict = field(default_factory=dict)  # a manifest row's own option values, by key (seed, steps, …)
     error: str | None = None
 
 
@@ -99,42 +99,25 @@ def _manifest_items(manifest: Path, prompt: str | None) -> list[BatchItem]:
     for number, row in enumerate(rows, 1):
         image, mask = row.get("image") or "", row.get("mask") or ""
         item = BatchItem(Path(image).stem or f"row-{number}", manifest.parent / image if image else None,
-                         manifest.parent / mask if mask else None, row.get("prompt") or prompt,
-                         negative_prompt=row.get("negative_prompt"), error=row.get("_error"))
+                         manifest.parent / mask if mask else None, row.get("prompt") or prompt, error=row.get("_error"))
+        item.options = {k: v for k, v in row.items() if k not in MANIFEST_FILES and k != "_error" and _given(k, v)}
         if item.error is None and (not image or not mask):
             item.error = f"row {number}: image and mask are both needed"
         elif item.error is None and not item.prompt:
             item.error = f"row {number}: no prompt (give a prompt column or --prompt)"
-        if item.error is None and row.get("seed") not in (None, ""):
-            try:
-                item.seed = int(row["seed"])
-            except (TypeError, ValueError):
-                item.error = f"row {number}: seed {row['seed']!r} is not an integer"
         items.append(item)
     return items
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts torch.distributed when launched by torchrun / accelerate launch."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    import torch
-    import torch.distributed as dist
+def _given(key: str, value) -> bool:
+    """Whether a manifest cell sets its option: an empty cell falls back to the command line, except for text
+    options (an empty negative prompt means none)."""
+    from .request import option_index
 
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local
-
-
-def rank_device(device: str | None, world: int, local: int) -> str | None:
-    """The device a process uses: as asked, or under a multi-process launch its own GPU (cuda:LOCAL_RANK), or the CPU."""
-    if world == 1 or device is not None:
-        return device
-    import torch
-
-    return f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if value is None:
+        return False
+    opt = option_index().get(key)
+    return value != "" or (opt is not None and opt.type is str)
 
 
 def finished(item: BatchItem, out_dir: Path, num_samples: int) -> bool:
@@ -150,16 +133,15 @@ def remove_stale_temporaries(item: BatchItem, out_dir: Path) -> None:
 def run_items(
     items: list[BatchItem],
     out_dir: Path,
-    process: Callable[[BatchItem], list],
-    metadata: Callable[[BatchItem, int], dict],
-    num_samples: int = 1,
+    process: Callable[[BatchItem], tuple[list, list[dict]]],
+    samples: Callable[[BatchItem], int] = lambda item: 1,
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
 ) -> BatchSummary:
     """Run this rank's share of `items` (every `world`-th), skipping finished ones; a failing item is recorded, not fatal.
 
-    `process(item)` returns the item's images; `metadata(item, k)` the parameters stored with sample k.
+    `process(item)` returns the item's images and each one's metadata; `samples(item)` how many files it writes.
     """
     from tqdm import tqdm
 
@@ -169,17 +151,17 @@ def run_items(
                disable=not progress, file=sys.stderr)
     for item in bar:
         remove_stale_temporaries(item, out_dir)
-        if finished(item, out_dir, num_samples):
+        if not item.error and finished(item, out_dir, samples(item)):
             summary.skipped.append(item.name)
             continue
         started = time.perf_counter()
         try:
             if item.error:
                 raise HDPainterError(item.error)
-            results = process(item)
-            paths = output_paths(str(out_dir / f"{item.name}{OUTPUT_SUFFIX}"), num_samples)
-            for k, (image, path) in enumerate(zip(results, paths)):
-                save_image(image, path, metadata(item, k))
+            images, metadata = process(item)
+            paths = output_paths(str(out_dir / f"{item.name}{OUTPUT_SUFFIX}"), len(images))
+            for image, meta, path in zip(images, metadata, paths):
+                save_image(image, path, meta)
         except HDPainterError as exc:
             summary.failed.append((item.name, str(exc)))
         except (MemoryError, KeyboardInterrupt):

@@ -11,7 +11,8 @@ import PIL.Image
 
 from .errors import HDPainterError
 
-WORKING_SIZE = 512  # long side of stage 1's working resolution
+from .defaults import WORKING_SIZE  # noqa: F401  (long side of stage 1's working resolution; re-exported)
+
 PAD_MULTIPLE = 64  # images are padded right/bottom to a multiple of this
 MASK_THRESHOLD = 127  # input mask pixels above this count as "fill" (non-binary masks are thresholded)
 MAX_PIXELS = 64 * 1024 * 1024  # refuse absurd images before decoding them (64 MP)
@@ -176,12 +177,6 @@ def as_pil(image, what: str) -> PIL.Image.Image:
     raise HDPainterError(f"{what}: expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
 
-def check_working_size(long_side: int) -> None:
-    """Stage 1 works on the VAE's ×8 grid, between 64 px and 2048 px on the long side."""
-    if long_side % 8 or not 64 <= long_side <= 2048:
-        raise HDPainterError(f"working size must be a multiple of 8 in 64..2048, got {long_side}")
-
-
 def working_size(size: tuple[int, int], long_side: int = WORKING_SIZE) -> tuple[int, int]:
     """The reference's resize target: long side `long_side`, short side truncated, (w, h)."""
     w, h = size
@@ -273,3 +268,10 @@ def resize_window(source: np.ndarray, offset: tuple[int, int], full: tuple[int, 
     rows = np.tensordot(wy, source.astype(np.float64), axes=(1, 0))  # (y1 − y0, w, 3)
     out = np.tensordot(rows, wx, axes=(1, 1)).transpose(0, 2, 1)  # (y1 − y0, x1 − x0, 3)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_uint8(decoded) -> np.ndarray:
+    """Decoded images in [-1, 1], a (B, 3, H, W) tensor → (B, H, W, 3) uint8 by truncation, as the reference."""
+    import torch
+
+    return (255.0 * (decoded.clamp(-1.0, 1.0) + 1.0) / 2.0).to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -1,4 +1,4 @@
-"""Stage 1: HDPainterPipeline, prompt-faithful inpainting with PAIntA and RASG (METHOD.md §1-4).
+"""Stage 1: HDPainterPipeline, prompt-faithful inpainting with PAIntA and RASG (docs/method.md §1-4).
 
 Notation: x_t `latents`, ε̂ `eps`, x̂0 `x0`, ᾱ `alpha_bar`, per-step α = 1 − β `alpha`, ind(τ) `token_mask`.
 """
@@ -9,39 +9,31 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import PIL.Image
 import torch
 from diffusers import StableDiffusionInpaintPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import images as imgs
-from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_attention
-from .core.rasg import ddim_sigma, normalize_gradient, rasg_objective, vanilla_guidance
-from .core.sampling import ddim_step, split_prediction, trailing_timesteps
+from .attention import STATE_KEY, AttentionGuidance, guided_attention
+from .core.rasg import rasg_objective
+from .core.sampling import Prediction, rasg_noise, sample, split_prediction, trailing_timesteps, with_vanilla_guidance
 from .core.tokens import prompt_token_indices
-from .defaults import METHODS, RASG_SIGMAS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE
+from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE, WORKING_SIZE
 from .errors import HDPainterError
+from .request import GuidanceConfig, option_index
 
 LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """Where and when PAIntA and RASG act (reference values, METHOD §3-4)."""
-
-    painta_until_t: int = 500  # PAIntA is active while t > this
-    painta_grids: tuple[int, ...] = (16, 32)  # pixel divisors of the grids whose self-attention becomes PAIntA
-    rasg_grid: int = 32  # pixel divisor of the grid whose cross-attention logits RASG reads (H/32)
-    rasg_logit_offset: float = 1.0  # BCE-with-logits(Ā − offset, M)
+__all__ = ["GuidanceConfig", "HDPainterPipeline", "guided_prediction"]
 
 
 def _method_flags(method: str) -> tuple[bool, bool, bool]:
     """(PAIntA, RASG, vanilla post-hoc guidance) of a method name."""
-    if method not in METHODS:
-        raise HDPainterError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    option_index()["method"].check(method)
     return method in ("painta", "painta+rasg"), method in ("rasg", "painta+rasg"), method == "vanilla-guidance"
 
 
@@ -63,9 +55,10 @@ def _broadcast(values: list, n: int, name: str) -> list:
 
 @dataclass
 class Conditioning:
-    """What stays fixed over the sampling loop (B conditional samples)."""
+    """What the UNet is conditioned on over the sampling loop (B conditional samples)."""
 
     latent_size: tuple[int, int]  # (h, w)
+    latent_factor: int  # pixels per latent pixel (the VAE's downsampling)
     image: torch.Tensor  # (B, 5, h, w): mask on the latent grid and E(masked image)
     cond_embeds: torch.Tensor  # (B, T, D) full prompts
     uncond_embeds: torch.Tensor | None  # (B, T, D) negative prompts; None without classifier-free guidance
@@ -75,7 +68,8 @@ class Conditioning:
 
 def _unet(unet, x, t, embeds, cond: Conditioning, role, painta_divisors=(), rasg_divisors=(), relevance=None):
     state = AttentionGuidance(cond.latent_size, role, cond.token_mask, cond.grid_masks, painta_divisors, rasg_divisors,
-                              end_graph_after_rasg=bool(rasg_divisors), relevance=relevance if relevance is not None else {})
+                              end_graph_after_rasg=bool(rasg_divisors), relevance=relevance if relevance is not None else {},
+                              latent_factor=cond.latent_factor)
     image = cond.image.repeat(x.shape[0] // cond.image.shape[0], 1, 1, 1)
     t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     out = unet(torch.cat([x, image], dim=1), t_batch, encoder_hidden_states=embeds,
@@ -110,7 +104,8 @@ def guided_prediction(
         if do_cfg:
             out_uncond, _ = _unet(unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance)
     elif do_cfg:
-        out, _ = _unet(unet, torch.cat([latents, latents]), t, torch.cat([cond.uncond_embeds, cond.cond_embeds]), cond, "cfg", painta)
+        out, _ = _unet(unet, torch.cat([latents, latents]), t, torch.cat([cond.uncond_embeds, cond.cond_embeds]), cond,
+                       "cfg", painta)
         out_uncond, out_cond = out.chunk(2)
     else:
         out_cond, _ = _unet(unet, latents, t, cond.cond_embeds, cond, "cond", painta)
@@ -124,8 +119,12 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
 
     Loads like any diffusers pipeline (`HDPainterPipeline.from_pretrained(hub_id_or_folder)`), and
     returns the whole decoded image at the working resolution (long side 512), as the reference does:
-    compositing into the original happens later (see `hdpainter.painter`).
+    compositing into the original happens later (see `hdpainter.painter`). During a call the diffusers
+    properties `guidance_scale`, `do_classifier_free_guidance`, `num_timesteps` and `interrupt` describe it
+    (set `_interrupt = True` from a callback to stop after the current step).
     """
+
+    _callback_tensor_inputs = ["latents", "x0", "prompt_embeds"]
 
     def token_mask(self, prompts: Sequence[str], full_prompts: Sequence[str]) -> torch.Tensor:
         """ind(τ) for each prompt as a (len(prompts), max_length) bool matrix."""
@@ -146,6 +145,25 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         latents = self.vae.encode(masked).latent_dist.mean * self.vae.config.scaling_factor
         index = {id(p): i for i, p in enumerate(unique)}
         return latents[[index[id(p)] for p in prepared]].to(dtype)
+
+    def _step_callback(self, callback, names, i: int, t: int, latents, pred: Prediction, cond: Conditioning):
+        """diffusers' step-end contract: the named tensors in, new latents or prompt embeddings out; a
+        callback that switched guidance off (`_guidance_scale` ≤ 1) ends the unconditional pass."""
+        embeds = cond.cond_embeds if cond.uncond_embeds is None else torch.cat([cond.uncond_embeds, cond.cond_embeds])
+        local = {"latents": latents, "x0": pred.x0, "prompt_embeds": embeds}
+        outputs = callback(self, i, t, {name: local[name] for name in names}) or {}
+        new = outputs.get("prompt_embeds", embeds)
+        if new is not embeds:
+            rows = cond.cond_embeds.shape[0]
+            if new.shape[0] == 2 * rows and cond.uncond_embeds is not None:
+                cond.uncond_embeds, cond.cond_embeds = new.chunk(2)
+            elif new.shape[0] >= rows:
+                cond.cond_embeds = new[-rows:]
+            else:
+                raise HDPainterError(f"the step callback returned prompt_embeds for {new.shape[0]} samples; {rows} are sampled")
+        if not self.do_classifier_free_guidance:
+            cond.uncond_embeds = None
+        return outputs.get("latents", latents)
 
     @torch.no_grad()
     def __call__(
@@ -168,7 +186,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        working_size: int = imgs.WORKING_SIZE,
+        working_size: int = WORKING_SIZE,
         guidance: GuidanceConfig = GuidanceConfig(),
     ):
         """Inpaint `mask_image` (white = fill) of `image` with what `prompt` asks for.
@@ -191,30 +209,44 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             generator: torch.Generator (or one per sample) for the initial noise.
             latents: initial noise x_T, (batch, 4, H/8, W/8) at the padded working size.
             output_type: "pil", "np" (float in [0, 1], NHWC), "pt" (float in [0, 1], NCHW) or "latent" (x̂0).
-            callback_on_step_end: called as fn(pipe, step, timestep, {"latents": …}); may return new latents.
+            callback_on_step_end: called as fn(pipe, step, timestep, {name: tensor}) after each step with the
+                tensors named in `callback_on_step_end_tensor_inputs` (any of `_callback_tensor_inputs`: "latents",
+                "x0", "prompt_embeds"); it may return new latents or prompt embeddings. diffusers'
+                `PipelineCallback`s work (e.g. `SDCFGCutoffCallback`: they read `num_timesteps` and may set
+                `_guidance_scale`, which the next steps follow).
             working_size: long side of the working resolution (reference 512).
             guidance: where and when PAIntA and RASG act (reference values by default).
         """
         # 1. Check inputs
         use_painta, use_rasg, use_vanilla = _method_flags(method)
-        if rasg_sigma not in RASG_SIGMAS:
-            raise HDPainterError(f"rasg_sigma must be one of {', '.join(RASG_SIGMAS)}; got {rasg_sigma!r}")
+        options = option_index()
+        options["rasg_sigma"].check(rasg_sigma)
+        options["working_size"].check(working_size)
         if output_type not in OUTPUT_TYPES:
             raise HDPainterError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
-        imgs.check_working_size(working_size)
+        if working_size % self.vae_scale_factor:
+            raise HDPainterError(f"working_size must be a multiple of the VAE's factor {self.vae_scale_factor}, got {working_size}")
         if num_images_per_prompt < 1:
             raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
         if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
             raise HDPainterError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
         if self.unet.config.in_channels != 9:
             raise HDPainterError(f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model is needed")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise HDPainterError(f"callback_on_step_end_tensor_inputs may hold {', '.join(self._callback_tensor_inputs)}, "
+                                 f"not {sorted(unknown)}")
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
         prompts = _as_list(prompt, "prompt")
         if not all(isinstance(p, str) for p in prompts):
             raise HDPainterError("prompt must be a string or a list of strings")
         negatives = _broadcast([n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt")
         full_prompts = [f"{p}, {positive_prompt}" if positive_prompt else p for p in prompts]
         batch = len(prompts) * num_images_per_prompt
-        do_cfg = guidance_scale > 1.0
+        do_cfg = self.do_classifier_free_guidance
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. Images and masks at the working resolution (METHOD §1)
@@ -230,7 +262,8 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
                 prepared_once[key] = imgs.prepare(im, mk, working_size)
             prepared.extend([prepared_once[key]] * num_images_per_prompt)
         height, width = prepared[0].mask.shape
-        latent_size = (height // LATENT_FACTOR, width // LATENT_FACTOR)
+        factor = self.vae_scale_factor
+        latent_size = (height // factor, width // factor)
 
         # 3. Text: embeddings of [negative; full prompt], and ind(τ) of each sample
         token_mask = self.token_mask(prompts, full_prompts).repeat_interleave(num_images_per_prompt, 0).to(device)
@@ -241,7 +274,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         uncond_embeds = uncond_embeds.to(dtype) if uncond_embeds is not None else None
 
         # 4. UNet conditioning: mask on the latent grid ("!= 0") and E(masked image)
-        mask_latent = torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, LATENT_FACTOR, "any")) for p in prepared])
+        mask_latent = torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, factor, "any")) for p in prepared])
         mask_latent = mask_latent[:, None].to(device=device, dtype=dtype)
         image_latents = self._encode_images(prepared, device, dtype)
         condition = torch.cat([mask_latent, image_latents], dim=1)  # (B, 5, h, w)
@@ -263,44 +296,35 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             raise HDPainterError(f"latents must have shape {shape} for this input, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype)
         timesteps = trailing_timesteps(self.scheduler.config.num_train_timesteps, num_inference_steps)
+        self._num_timesteps = len(timesteps)
         alpha_bar = self.scheduler.alphas_cumprod.double()
         alpha = 1.0 - self.scheduler.betas.double()
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        cond = Conditioning(latent_size, factor, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask,
+                            grid_masks)
 
-        cond = Conditioning(latent_size, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask, grid_masks)
+        # 7. Sampling: DDIM with RASG's step noise, PAIntA while t > painta_until_t (docs/method.md §4)
+        def model(x: torch.Tensor, i: int, t: int) -> Prediction:
+            painta_on = use_painta and t > guidance.painta_until_t
+            rasg_on = use_rasg and i + 1 < len(timesteps)  # the last step returns x̂0, which RASG's term does not reach
+            output, grad = guided_prediction(self.unet, x, t, cond, self.guidance_scale, guidance, painta_on,
+                                             rasg_on or use_vanilla)
+            x0, eps = split_prediction(output.float(), x.float(), float(alpha_bar[t]), prediction_type)
+            return Prediction(x0, eps, grad)
 
-        unknown = set(callback_on_step_end_tensor_inputs) - {"latents", "x0"}
-        if unknown:
-            raise HDPainterError(f"callback_on_step_end_tensor_inputs may hold 'latents' and 'x0', not {sorted(unknown)}")
+        if use_vanilla:  # the gradient shifts ε̂ (Eq. 6); the step itself stays deterministic
+            model = with_vanilla_guidance(model, alpha_bar, vanilla_scale)
+        noise = rasg_noise(rasg_eta, alpha if rasg_sigma == "reference" else alpha_bar) if use_rasg else None
 
-        # 7. Sampling: DDIM, with RASG's guided step and PAIntA while t > painta_until_t
-        with frozen(self.unet), guided_attention(self.unet), self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
-                last = i == len(timesteps) - 1
-                painta_on = use_painta and t > guidance.painta_until_t
-                rasg_on = use_rasg and not last  # the last step returns x̂0, which RASG's term does not reach
-                model_output, gradient = guided_prediction(self.unet, latents, t, cond, guidance_scale, guidance, painta_on,
-                                                           rasg_on or use_vanilla)
-                x0, eps = split_prediction(model_output.float(), latents.float(), float(alpha_bar[t]), prediction_type)
-                if use_vanilla and alpha_bar[t] > 0:  # at ᾱ_t = 0 (zero terminal SNR) ε̂ does not reach x̂0
-                    eps = vanilla_guidance(eps, gradient, float(alpha_bar[t]), vanilla_scale)
-                    x0, eps = split_prediction(eps, latents.float(), float(alpha_bar[t]), "epsilon")
-                if last:
-                    latents = x0.to(dtype)
-                else:
-                    t_prev = timesteps[i + 1]
-                    noise_scale = 0.0
-                    if rasg_on:
-                        a_t, a_prev = (alpha[t], alpha[t_prev]) if rasg_sigma == "reference" else (alpha_bar[t], alpha_bar[t_prev])
-                        noise_scale = rasg_eta * ddim_sigma(float(a_t), float(a_prev))
-                    direction = normalize_gradient(-gradient) if rasg_on else None  # towards lower L: the reference's +∇score
-                    latents = ddim_step(x0, eps, float(alpha_bar[t_prev]), noise_scale, direction).to(dtype)
+        with frozen(self.unet), guided_attention(self.unet, factor), self.progress_bar(total=len(timesteps)) as progress:
 
+            def step_end(i: int, t: int, x: torch.Tensor, pred: Prediction) -> torch.Tensor:
                 if callback_on_step_end is not None:
-                    local = {"latents": latents, "x0": x0}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}) or {}
-                    latents = outputs.get("latents", latents)
+                    x = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, x, pred, cond)
                 progress.update()
+                return x
+
+            latents = sample(model, latents, timesteps, alpha_bar, noise, step_end, lambda: self.interrupt)
 
         # 8. Decode x̂0 of the last step (no paste-back: the whole decoded image, cropped from the padding)
         if output_type == "latent":
@@ -310,7 +334,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             w, h = prepared[0].size
             decoded = decoded[:, :, :h, :w].float().cpu()
             if output_type == "pil":
-                result = [PIL.Image.fromarray(a) for a in to_uint8(decoded)]
+                result = [PIL.Image.fromarray(a) for a in imgs.to_uint8(decoded)]
             else:
                 unit = ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
                 result = unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()
@@ -332,7 +356,3 @@ def frozen(module: torch.nn.Module):
         for p, flag in flags:
             p.requires_grad_(flag)
 
-
-def to_uint8(decoded: torch.Tensor) -> np.ndarray:
-    """Decoded images in [-1, 1], (B, 3, H, W) → (B, H, W, 3) uint8 by truncation, as the reference."""
-    return (255.0 * (decoded.clamp(-1.0, 1.0) + 1.0) / 2.0).to(torch.uint8).permute(0, 2, 3, 1).numpy()

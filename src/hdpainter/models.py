@@ -120,17 +120,24 @@ def load_upscale_pipeline(name: str = DEFAULT_UPSCALER, device=None, dtype=None,
 
 
 def _load(cls, name: str, source: str, dtype, local_files_only: bool, flag: str = "--model", **extra):
-    kwargs = dict(local_files_only=local_files_only, **extra)
+    kwargs = dict(extra)
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
+    if source.endswith(SINGLE_FILE_SUFFIXES):
+        return load_pretrained(cls, source, local_files_only, flag, name=name, loader="from_single_file", **kwargs)
+    return load_pretrained(cls, source, local_files_only, flag, name=name, **kwargs)
+
+
+def load_pretrained(cls, source: str, local_files_only: bool = False, flag: str = "--model", name: str | None = None,
+                    loader: str = "from_pretrained", **kwargs):
+    """`cls.from_pretrained(source)` (any diffusers or transformers class) with hub, network and format errors
+    turned into one HDPainterError line that names `flag`, the option to pass a local folder with instead."""
     try:
-        if source.endswith(SINGLE_FILE_SUFFIXES):
-            return cls.from_single_file(source, **kwargs)
-        return cls.from_pretrained(source, **kwargs)
+        return getattr(cls, loader)(source, local_files_only=local_files_only, **kwargs)
     except HDPainterError:
         raise
     except Exception as exc:  # hub, network and format errors all end here with one clear line
-        raise HDPainterError(_load_error(name, source, exc, flag)) from exc
+        raise HDPainterError(load_error(name or source, source, exc, flag)) from exc
 
 
 def _ready(pipe, device):
@@ -144,15 +151,49 @@ def _ready(pipe, device):
     return pipe
 
 
-def _load_error(name: str, source: str, exc: Exception, flag: str = "--model") -> str:
+def _causes(exc: BaseException):
+    """The exception and every one it was raised from or during (diffusers wraps the hub's in an OSError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _network_errors() -> tuple[type, ...]:
+    """Exception types that mean the hub could not be reached: the hub's own, the OS's, and httpx's / requests'."""
+    import socket
+
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    types = [LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError, socket.gaierror]
+    for module, name in (("httpx", "TransportError"), ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            types.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def load_error(name: str, source: str, exc: Exception, flag: str = "--model") -> str:
+    """One line for a failed load, chosen by the exception's type (and its causes'), never its wording."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if os.path.exists(source):
         return f"cannot load model from {source}: {text[:300]}"
-    unreachable = any(word in text for word in ("LocalEntryNotFound", "offline", "connect", "Connection", "resolve", "timed out", "cannot find the requested files", "outgoing traffic has been disabled", "not fully cached"))
-    if offline or unreachable:
+    causes = list(_causes(exc))
+    if any(isinstance(c, GatedRepoError) for c in causes):
+        return (f"model {name!r} ({source}) is gated on the hub: accept its licence there and log in "
+                f"(huggingface-cli login), or pass a local folder with {flag} DIR")
+    if any(isinstance(c, (RepositoryNotFoundError, RevisionNotFoundError)) for c in causes):
+        return f"model {name!r} not found on the hub: check the id, or pass a local folder with {flag} DIR"
+    if hub_offline() or any(isinstance(c, _network_errors()) for c in causes):
         return (f"model {name!r} ({source}) is not in the local cache and cannot be downloaded (offline?): "
                 f"download it on a connected machine or pass a local folder with {flag} DIR")
-    if "RepositoryNotFound" in text or "404" in text or "not a valid model identifier" in text:
-        return f"model {name!r} not found on the hub: check the id, or pass a local folder with {flag} DIR"
     return f"cannot load model {name!r}: {text[:300]}"
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids the hub now (read at each call, as huggingface_hub parses it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")

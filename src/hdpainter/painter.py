@@ -11,56 +11,105 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import PIL.Image
 
 from . import images as imgs
-from .core.blend import POISSON_DILATION, POISSON_PAD, blend_region, poisson_blend
+from .core.blend import POISSON_DILATION, blend_region, poisson_blend
 from .errors import HDPainterError
-from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE, VANILLA_SCALE
+from .request import GuidanceConfig, InpaintRequest, SRConfig
+
+__all__ = ["GuidanceConfig", "HDPainter", "InpaintRequest", "InpaintResult", "Job", "SRConfig", "prepare_job"]
 
 REFERENCE_SIZE = 2048  # the long side at which the reference blends (its fixed output size)
 WINDOW_MARGIN = 4  # pixels kept around the Poisson blend region in the window it is solved on
+EMPTY_MASK_NOTE = "the mask is empty: nothing to inpaint; the output is the input, unchanged"
 
 
 @dataclass
-class InpaintRequest:
-    """One inpainting job: shared by the CLI, the API and (later) the UI and batch front-ends."""
+class InpaintResult:
+    """What one request gives: an image per sample (the input's size), its seed and its metadata.
 
-    prompt: str
-    method: str = "painta+rasg"
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    rasg_eta: float = 0.1
-    rasg_sigma: str = "reference"
-    negative_prompt: str = REFERENCE_NEGATIVE_PROMPT
-    positive_prompt: str = REFERENCE_POSITIVE_PROMPT
-    seed: int = 1
-    num_samples: int = 1
-    working_size: int = imgs.WORKING_SIZE  # long side of stage 1's resolution; stage 2 lifts it ×4
-    upscale: bool = True  # stage 2 and Poisson blending; False: bicubic resize and a feathered paste (fast preview)
-    sr_method: str = "specialized"  # "specialized" (Eq. 10), "baseline" (plain ×4 SR) or "bicubic" (no diffusion)
-    sr_steps: int = 20
-    sr_region: str = "crop"  # "crop": diffuse a box around the mask; "whole": the whole image, as the reference
-    sr_context: int = 128  # high-res pixels of context around the mask in "crop" mode
-    blend_dilation: int | None = None  # Poisson blend's dilation in output pixels; None: 48 per 2048 of the long side
-    blend_pad: int = POISSON_PAD
-    vae_tiling: bool | None = None  # stage 2's VAE in tiles: None = for regions above 1 MP, True = always, False = never
-    mask_feather: int = 0  # > 0: the result goes over the input through the mask blurred across its edge by this many px
-    vanilla_scale: float = VANILLA_SCALE  # s of method "vanilla-guidance" (the paper's Eq. 6 ablation)
-    extra: dict = field(default_factory=dict)  # recorded alongside (model name, …)
+    Iterating, indexing and len() go over the images, so `(image,) = painter(...)` works."""
 
-    def sr_config(self):
-        """Stage 2's settings for this request (the rest at the reference's values)."""
-        from .upscale import SRConfig
+    images: list[PIL.Image.Image]
+    seeds: list[int]
+    metadata: list[dict]  # per sample: every option by its key, model names, seed, sample number
+    notes: list[str] = field(default_factory=list)  # things the user should hear (e.g. an empty mask)
+    unchanged: bool = False  # True: nothing was painted (the images are the input)
 
-        return SRConfig(method=self.sr_method, num_inference_steps=self.sr_steps, region=self.sr_region,
-                        context=self.sr_context, vae_tiling=self.vae_tiling)
+    def __iter__(self):
+        return iter(self.images)
 
-    def metadata(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+@dataclass
+class Job:
+    """A validated request on one image: the RGB image, the binary mask after the request's mask conveniences."""
+
+    image: PIL.Image.Image
+    mask: PIL.Image.Image
+    request: InpaintRequest
+
+    @property
+    def empty(self) -> bool:
+        return not np.any(np.asarray(self.mask))
+
+    @property
+    def needs_upscaler(self) -> bool:
+        """Whether stage 2 will diffuse (an upscaler must be loaded)."""
+        return not self.empty and self.request.needs_upscaler(self.image.size)
+
+    def metadata(self, model: str | None = None, upscaler: str | None = None) -> list[dict]:
+        base = self.request.metadata()
+        if model is not None:
+            base["model"] = model
+        if upscaler is not None and self.needs_upscaler:
+            base["upscaler"] = upscaler
+        if self.empty:
+            base["unchanged"] = True
+        return [base | {"seed": seed, "sample": k + 1} for k, seed in enumerate(self.request.seeds())]
+
+    def unchanged(self, model: str | None = None) -> InpaintResult:
+        """The empty mask's result: the input, once per sample, and a note saying so."""
+        return InpaintResult([self.image.copy() for _ in range(self.request.num_samples)], self.request.seeds(),
+                             self.metadata(model), [EMPTY_MASK_NOTE], unchanged=True)
+
+
+def prepare_job(image, mask, request: InpaintRequest) -> Job:
+    """Every check of a request on an image before any model work: options, sizes, the mask (after its
+    inversion and growth); raises HDPainterError naming what is wrong. An empty mask is not an error."""
+    image, mask = imgs.to_rgb(imgs.as_pil(image, "image")), imgs.to_mask(imgs.as_pil(mask, "mask"))
+    imgs.check_size(image.size, "image")
+    if image.size != mask.size:
+        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+    request.validate(image.size)
+    if request.mask_invert:
+        mask = imgs.invert_mask(mask)
+    mask = imgs.grow_mask(mask, request.mask_grow)
+    job = Job(image, mask, request)
+    if not job.empty:
+        imgs.prepare(image, mask, request.working_size)  # a full mask, or an image too elongated, fails here
+    return job
+
+
+def stage1_arguments(request: InpaintRequest) -> dict:
+    """HDPainterPipeline's keyword arguments for a request (one generator per sample, seeded as the reference)."""
+    import torch
+
+    return dict(method=request.method, num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale, rasg_eta=request.rasg_eta, rasg_sigma=request.rasg_sigma,
+                vanilla_scale=request.vanilla_scale, negative_prompt=request.negative_prompt,
+                positive_prompt=request.positive_prompt, num_images_per_prompt=request.num_samples,
+                working_size=request.working_size, guidance=request.guidance,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in request.seeds()])
 
 
 def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
@@ -89,18 +138,8 @@ def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.I
 def blend_dilation(size: tuple[int, int], dilation: int | None) -> int:
     """The Poisson blend's dilation for an output of `size`: the reference's 48 px at 2048, scaled; or as given."""
     if dilation is not None:
-        if not 1 <= dilation <= max(size):
-            raise HDPainterError(f"blend_dilation must be in 1..{max(size)} (the image's long side), got {dilation}")
         return dilation
     return max(1, round(POISSON_DILATION * max(size) / REFERENCE_SIZE))
-
-
-def check_request(size: tuple[int, int], request: InpaintRequest) -> None:
-    """Stage 2's options against an image of `size`, before any model work."""
-    blend_dilation(size, request.blend_dilation)
-    if not 1 <= request.blend_pad <= max(size):
-        raise HDPainterError(f"blend_pad must be in 1..{max(size)} (the image's long side), got {request.blend_pad}")
-    request.sr_config().check()
 
 
 def blend_window(mask: np.ndarray, pad: int, dilation: int) -> tuple[int, int, int, int]:
@@ -121,36 +160,34 @@ def source_box(window: tuple[int, int, int, int], source_size: tuple[int, int], 
 
 
 def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, request: InpaintRequest,
-           upscaler=None, generator=None, sr_config=None, callback_on_step_end=None) -> PIL.Image.Image:
+           upscaler=None, generator=None, callback_on_step_end=None) -> PIL.Image.Image:
     """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size.
     `callback_on_step_end` is passed to the upscaler (called after each of its steps when it diffuses)."""
     from .upscale import SR_SCALE, super_resolve
 
-    check_request(original.size, request)
+    request.validate(original.size)
+    sr = request.sr
     binary = np.asarray(mask.convert("L")) > 0
-    dilation = blend_dilation(original.size, request.blend_dilation)
-    window = blend_window(binary, request.blend_pad, dilation)
-    width, height = original.size
-    if request.sr_method != "bicubic" and max(original.size) > max(low_res.size):
+    dilation = blend_dilation(original.size, sr.blend_dilation)
+    window = blend_window(binary, sr.blend_pad, dilation)
+    if request.needs_upscaler(original.size):
         if upscaler is None:
             raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
-        config = sr_config or request.sr_config()
         hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
         needed = source_box(window, hr_size, original.size)
-        patch = super_resolve(upscaler, original, mask, low_res, request.prompt, config, generator, needed,
+        patch = super_resolve(upscaler, original, mask, low_res, request.prompt, sr, generator, needed,
                               callback_on_step_end)
         generated = imgs.resize_window(patch.pixels, patch.box[:2], hr_size, original.size, window)
     else:
         generated = imgs.resize_window(np.asarray(low_res.convert("RGB")), (0, 0), low_res.size, original.size, window)
     x0, y0, x1, y1 = window
     base = np.array(original.convert("RGB"))
-    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], generated, binary[y0:y1, x0:x1],
-                                       request.blend_pad, dilation)
+    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], generated, binary[y0:y1, x0:x1], sr.blend_pad, dilation)
     return PIL.Image.fromarray(base)
 
 
 class HDPainter:
-    """Load once, inpaint many: `HDPainter.from_pretrained("sd2")(image, mask, InpaintRequest("a boat"))`."""
+    """Load once, inpaint many: `HDPainter.from_pretrained("sd2")(image, mask, InpaintRequest("a boat")).images`."""
 
     def __init__(self, pipeline, upscaler=None, model_name: str = "custom", upscaler_name: str | None = None,
                  load_options: dict | None = None):
@@ -194,57 +231,42 @@ class HDPainter:
             return self
         return HDPainter(_load_inpaint(model, self.load_options), self.upscaler, model, self.upscaler_name, self.load_options)
 
-    def __call__(self, image, mask, request: InpaintRequest, progress: bool = True, on_step=None) -> list[PIL.Image.Image]:
-        """Inpaint `mask` (white = fill) of `image`; returns `request.num_samples` images of the input's size.
+    def __call__(self, image, mask, request: InpaintRequest, progress: bool = True, on_step=None) -> InpaintResult:
+        """Inpaint `mask` (white = fill) of `image`: `request.num_samples` images of the input's size, with
+        their seeds and metadata (an `InpaintResult`, which iterates over the images).
 
-        An empty mask returns the input unchanged (with a warning): there is nothing to paint.
-        `on_step(stage, sample, step, total)` is called after every denoising step: stage 1 runs all samples
-        at once (sample None), stage 2 one sample (0-based) at a time, and only where it diffuses.
+        An empty mask (after the request's inversion and growth) returns the input unchanged, with a
+        warning and a note in the result: there is nothing to paint. `on_step(stage, sample, step, total)`
+        is called after every denoising step: stage 1 runs all samples at once (sample None), stage 2 one
+        sample (0-based) at a time, and only where it diffuses.
         """
+        return self.run(prepare_job(image, mask, request), progress, on_step)
+
+    def run(self, job: Job, progress: bool = True, on_step=None) -> InpaintResult:
+        """`__call__` on a job from `prepare_job` (front-ends check inputs before loading models)."""
         import torch
 
-        image, mask = imgs.to_rgb(imgs.as_pil(image, "image")), imgs.to_mask(imgs.as_pil(mask, "mask"))
-        if request.num_samples < 1:
-            raise HDPainterError(f"num_samples must be at least 1, got {request.num_samples}")
-        if not 0 <= request.mask_feather <= max(image.size):
-            raise HDPainterError(f"mask_feather must be in 0..{max(image.size)} (the image's long side), got {request.mask_feather}")
-        if image.size != mask.size:
-            raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
-        if not np.any(np.asarray(mask)):
-            warnings.warn("the mask is empty: nothing to inpaint, the image is returned unchanged", stacklevel=2)
-            return [image.copy() for _ in range(request.num_samples)]
-        if request.upscale:
-            check_request(image.size, request)
-        seeds = [request.seed + k * SEED_STRIDE for k in range(request.num_samples)]
+        request, image, mask = job.request, job.image, job.mask
+        if job.empty:
+            warnings.warn(EMPTY_MASK_NOTE, stacklevel=3)
+            return job.unchanged(self.model_name)
+        if job.needs_upscaler and self.upscaler is None:
+            raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
         self.pipeline.set_progress_bar_config(disable=not progress)
         if self.upscaler is not None:
             self.upscaler.set_progress_bar_config(disable=not progress)
-        result = self.pipeline(
-            request.prompt,
-            image,
-            mask,
-            method=request.method,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            rasg_eta=request.rasg_eta,
-            rasg_sigma=request.rasg_sigma,
-            vanilla_scale=request.vanilla_scale,
-            negative_prompt=request.negative_prompt,
-            positive_prompt=request.positive_prompt,
-            num_images_per_prompt=request.num_samples,
-            working_size=request.working_size,
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-            callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
-        ).images
+        stage1 = self.pipeline(request.prompt, image, mask, **stage1_arguments(request),
+                               callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps)).images
+        seeds = request.seeds()
         if not request.upscale:
-            outputs = [composite(image, generated, mask) for generated in result]
+            outputs = [composite(image, generated, mask) for generated in stage1]
         else:
             outputs = [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed),
-                              callback_on_step_end=_step_reporter(on_step, 2, k, request.sr_steps))
-                       for k, (generated, seed) in enumerate(zip(result, seeds))]
+                              callback_on_step_end=_step_reporter(on_step, 2, k, request.sr.num_inference_steps))
+                       for k, (generated, seed) in enumerate(zip(stage1, seeds))]
         if request.mask_feather > 0:
             outputs = [imgs.feather_paste(image, out, mask, request.mask_feather) for out in outputs]
-        return outputs
+        return InpaintResult(outputs, seeds, job.metadata(self.model_name, self.upscaler_name))
 
 
 def _load_inpaint(model: str, options: dict):

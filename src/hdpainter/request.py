@@ -278,8 +278,9 @@ class InpaintRequest:
             opt.check(self.get(opt))
         if image_size is not None:
             long_side = max(image_size)
+            bounded = ("mask_feather", "blend_dilation", "blend_pad") if self.upscale else ("mask_feather",)
             for opt in options():
-                if opt.key in ("mask_feather", "blend_dilation", "blend_pad"):
+                if opt.key in bounded:
                     value = self.get(opt)
                     low = opt.range[0]
                     if value is not None and not low <= value <= long_side:
@@ -293,9 +294,9 @@ class InpaintRequest:
 
     def stage1_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """(w, h) of stage 1's result for an image of `image_size`: long side `working_size`, short side truncated."""
-        w, h = image_size
-        s = self.working_size
-        return min(s, int(s * w / h)), min(s, int(s * h / w))
+        from .images import working_size
+
+        return working_size(image_size, self.working_size)
 
     def needs_upscaler(self, image_size: tuple[int, int]) -> bool:
         """Whether stage 2 diffuses for an image of this size: on, not bicubic, and larger than stage 1's result."""

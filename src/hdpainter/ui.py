@@ -12,6 +12,7 @@ makes in a folder it owns.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -25,21 +26,30 @@ import numpy as np
 import PIL.Image
 
 from . import images as imgs
-from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, SEED_STRIDE
+from .defaults import WORKING_SIZE
 from .errors import HDPainterError
 from .outputs import save_image
+from .request import InpaintRequest, Option, OptionError, options
 
 DEFAULT_HOST = "127.0.0.1"
 LAN_HOST = "0.0.0.0"
 DEFAULT_PORT = 7860
 MAX_UPLOAD_MB = 25  # per uploaded file; a 24 MP PNG is about this size
-MAX_SAMPLES = 4
-MAX_STEPS = 200
 QUEUE_SIZE = 16  # jobs waiting beyond this are refused ("queue full") instead of piling up
 OUTPUT_MAX_AGE_S = 3600  # result files older than this are removed from the app's folder
-METHODS = ("painta+rasg", "painta", "rasg", "baseline")
-SR_METHODS = ("specialized", "baseline", "bicubic")
 BRUSH_COLOR = "rgba(255, 0, 255, 0.6)"  # see-through, so the photo shows under the stroke
+MAIN_OPTIONS = ("method", "steps", "seed", "guidance_scale", "rasg_eta", "num_samples", "upscale")  # beside the image
+GROUP_TITLES = {"stage 1": "More", "mask": "Mask", "guidance": "PAIntA and RASG", "stage 2": "Stage 2"}
+LABELS = {"steps": "Steps", "seed": "Seed", "num_samples": "Samples", "rasg_eta": "RASG η", "guidance_scale": "Guidance scale",
+          "method": "Method", "upscale": "Upscale and blend (stage 2); off: a fast preview",
+          "sr_method": "Super-resolution", "positive_prompt": "Positive prompt (appended)",
+          "negative_prompt": "Negative prompt", "mask_grow": "Grow mask (px; negative shrinks)",
+          "mask_feather": "Feather the mask's edge (px; 0: the blend's own)"}
+
+
+def form_options() -> list[Option]:
+    """The options the form offers, in its order: all of the schema's."""
+    return list(options())
 
 
 @dataclass
@@ -53,7 +63,7 @@ class UIConfig:
     local_files_only: bool = False
     cpu_offload: bool = False
     attention_slicing: bool = False
-    working_size: int = imgs.WORKING_SIZE
+    working_size: int = WORKING_SIZE  # the form's default working size
     max_upload_mb: int = MAX_UPLOAD_MB
 
 
@@ -65,18 +75,15 @@ class UIRequest:
     mask_upload: PIL.Image.Image | None
     prompt: str
     model: str
-    method: str = "painta+rasg"
-    steps: int = 50
-    seed: int = 1
-    guidance_scale: float = 7.5
-    rasg_eta: float = 0.1
-    positive_prompt: str = REFERENCE_POSITIVE_PROMPT
-    negative_prompt: str = REFERENCE_NEGATIVE_PROMPT
-    num_samples: int = 1
-    upscale: bool = True
-    sr_method: str = "specialized"
-    mask_grow: int = 0
-    mask_feather: int = 0
+    options: dict = field(default_factory=dict)  # option key → the widget's value; missing: the form's default
+
+
+@dataclass
+class UIResult:
+    image: PIL.Image.Image  # the input, as the gallery shows it beside the results
+    paths: list[Path]  # one PNG per sample, parameters in the metadata
+    seeds: list[int]
+    notes: list[str]  # said to the user (e.g. the mask was empty, so the result is the input)
 
 
 class PainterCache:
@@ -158,57 +165,50 @@ class InpaintApp:
                                      f"{image.size[0]}x{image.size[1]}: they must match")
         else:
             mask = editor_mask(form.editor, image.size)
-        mask = imgs.grow_mask(mask, int(form.mask_grow))
-        if not np.any(np.asarray(mask)):
-            raise HDPainterError("the mask is empty: paint over the region to fill (or upload a mask)")
         return image, mask
 
-    def request(self, form: UIRequest, image: PIL.Image.Image):
-        from .painter import InpaintRequest, check_request
+    def defaults(self) -> dict:
+        """The form's initial values by key: the schema's, with this server's working size and stage 2."""
+        values = {opt.key: opt.default for opt in form_options()}
+        values["working_size"] = self.config.working_size
+        if self.config.upscaler is None:
+            values["sr_method"] = "bicubic"
+        return values
 
+    def request(self, form: UIRequest) -> InpaintRequest:
         if not form.prompt or not form.prompt.strip():
             raise HDPainterError("type a prompt: what should fill the masked region?")
-        if form.method not in METHODS:
-            raise HDPainterError(f"unknown method {form.method!r}")
-        if form.sr_method not in SR_METHODS:
-            raise HDPainterError(f"unknown super-resolution method {form.sr_method!r}")
-        if not 1 <= int(form.steps) <= MAX_STEPS:
-            raise HDPainterError(f"steps must be in 1..{MAX_STEPS}")
-        if not 1 <= int(form.num_samples) <= MAX_SAMPLES:
-            raise HDPainterError(f"samples must be in 1..{MAX_SAMPLES}")
-        sr_method = form.sr_method if self.config.upscaler is not None else "bicubic"
-        request = InpaintRequest(
-            prompt=form.prompt.strip(), method=form.method, num_inference_steps=int(form.steps),
-            guidance_scale=float(form.guidance_scale), rasg_eta=float(form.rasg_eta),
-            negative_prompt=form.negative_prompt or "", positive_prompt=form.positive_prompt or "",
-            seed=int(form.seed), num_samples=int(form.num_samples), working_size=self.config.working_size,
-            upscale=bool(form.upscale), sr_method=sr_method, mask_feather=max(int(form.mask_feather), 0),
-            extra={"model": form.model} | ({"mask_grow": int(form.mask_grow)} if form.mask_grow else {}),
-        )
-        if request.upscale:
-            check_request(image.size, request)
-        diffuse = (request.upscale and sr_method != "bicubic"
-                   and max(image.size) > max(imgs.working_size(image.size, self.config.working_size)))
-        if diffuse:
-            request.extra["upscaler"] = self.config.upscaler
+        values = self.defaults() | form.options
+        if self.config.upscaler is None:
+            values["sr_method"] = "bicubic"  # this server has no upscaler
+        try:
+            request = InpaintRequest.from_options(values | {"prompt": form.prompt.strip()})
+            for opt in form_options():
+                capped = opt.ui_max is not None and opt.range is not None and opt.key in ("steps", "num_samples")
+                if capped and request.get(opt) > opt.ui_max:  # this server's limits: the sliders' ends
+                    raise OptionError(opt, f"must be in {opt.range[0]}..{opt.ui_max:g} here, got {request.get(opt)}")
+        except OptionError as exc:
+            raise HDPainterError(f"{LABELS.get(exc.option.key, exc.option.key).split(' (')[0]}: {exc}") from None
+        request.extra["model"] = form.model
         return request
 
-    def run(self, form: UIRequest, on_step=None) -> tuple[PIL.Image.Image, list[Path]]:
+    def run(self, form: UIRequest, on_step=None) -> UIResult:
         """Inpaint; returns the input and the result files (PNG, parameters in the metadata)."""
+        from .painter import prepare_job
+
         image, mask = self.inputs(form)
-        request = self.request(form, image)
-        imgs.prepare(image, mask, self.config.working_size)  # the input checks, before any model work
+        job = prepare_job(image, mask, self.request(form))  # every input check, before any model work
         with self.cache.lock:
             painter = self.cache.get(form.model)
-            results = painter(image, mask, request, progress=False, on_step=on_step)
+            result = painter.run(job, progress=False, on_step=on_step)
         self._remove_old_outputs()
-        job = uuid.uuid4().hex[:12]  # our own names: nothing from the request names a file
+        run_id = uuid.uuid4().hex[:12]  # our own names: nothing from the request names a file
         paths = []
-        for k, result in enumerate(results):
-            path = self.output_dir / f"hdpainter-{job}-{k + 1}.png"
-            save_image(result, path, request.metadata() | {"seed": request.seed + SEED_STRIDE * k, "sample": k + 1})
+        for k, (output, metadata) in enumerate(zip(result.images, result.metadata)):
+            path = self.output_dir / f"hdpainter-{run_id}-{k + 1}.png"
+            save_image(output, path, metadata)
             paths.append(path)
-        return image, paths
+        return UIResult(image, paths, result.seeds, result.notes)
 
     def _remove_old_outputs(self) -> None:
         limit = time.time() - OUTPUT_MAX_AGE_S
@@ -220,13 +220,15 @@ class InpaintApp:
                 pass
 
     def build(self):
-        """The Gradio Blocks app (queued one job at a time)."""
+        """The Gradio Blocks app (queued one job at a time), its option widgets built from the schema."""
         import gradio as gr
 
         models = self.config.models
+        defaults = self.defaults()
         with gr.Blocks(title="hdpainter", analytics_enabled=False, delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
             gr.Markdown("## hdpainter: prompt-faithful inpainting (HD-Painter)\n"
                         "Upload an image, paint over the region to fill, say what should be there.")
+            widgets = {}
             with gr.Row():
                 with gr.Column(scale=3):
                     editor = gr.ImageEditor(
@@ -238,59 +240,86 @@ class InpaintApp:
                     run = gr.Button("Inpaint", variant="primary", elem_id="run")
                 with gr.Column(scale=2):
                     model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
-                    method = gr.Dropdown(list(METHODS), value="painta+rasg", label="Method")
-                    with gr.Row():
-                        steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
-                        seed = gr.Number(1, precision=0, label="Seed")
-                    with gr.Row():
-                        guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
-                        eta = gr.Slider(0, 1, value=0.1, step=0.05, label="RASG η")
-                    samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Samples")
-                    upscale = gr.Checkbox(True, label="Upscale and blend (stage 2); off: a fast preview")
-                    with gr.Accordion("More", open=False):
-                        sr_method = gr.Dropdown(list(SR_METHODS), value="specialized" if self.config.upscaler else "bicubic",
-                                                label="Super-resolution", interactive=self.config.upscaler is not None)
-                        positive = gr.Textbox(REFERENCE_POSITIVE_PROMPT, label="Positive prompt (appended)")
-                        negative = gr.Textbox(REFERENCE_NEGATIVE_PROMPT, label="Negative prompt")
-                        grow = gr.Slider(-32, 32, value=0, step=1, label="Grow mask (px; negative shrinks)")
-                        feather = gr.Slider(0, 32, value=0, step=1, label="Feather the mask's edge (px; 0: the blend's own)")
-                        mask_upload = gr.Image(label="Or upload a mask (white = fill)", type="pil",
-                                               image_mode=None, sources=("upload",))
-            gallery = gr.Gallery(label="Input and results", columns=MAX_SAMPLES + 1, object_fit="contain",
+                    by_key = {opt.key: opt for opt in form_options()}
+                    for key in MAIN_OPTIONS:
+                        widgets[key] = widget(gr, by_key[key], defaults[key])
+                    for group, title in GROUP_TITLES.items():
+                        with gr.Accordion(title, open=False):
+                            for opt in form_options():
+                                if opt.group == group and opt.key not in MAIN_OPTIONS:
+                                    widgets[opt.key] = widget(gr, opt, defaults[opt.key],
+                                                              interactive=opt.key != "sr_method" or self.config.upscaler is not None)
+                            if group == "mask":
+                                mask_upload = gr.Image(label="Or upload a mask (white = fill)", type="pil",
+                                                       image_mode=None, sources=("upload",))
+            gallery = gr.Gallery(label="Input and results", columns=5, object_fit="contain",
                                  format="png", elem_id="results", interactive=False)
             files = gr.File(label="Full-resolution PNGs (parameters in the metadata)", file_count="multiple",
                             interactive=False, elem_id="downloads")
+            keys = [opt.key for opt in form_options()]
 
-            def submit(editor_value, mask_value, prompt_value, model_value, method_value, steps_value, seed_value,
-                       guidance_value, eta_value, positive_value, negative_value, samples_value, upscale_value,
-                       sr_value, grow_value, feather_value, progress=gr.Progress()):
-                form = UIRequest(editor_value, mask_value, prompt_value, model_value, method_value, steps_value,
-                                 seed_value, guidance_value, eta_value, positive_value, negative_value, samples_value,
-                                 upscale_value, sr_value, grow_value, feather_value)
+            def submit(editor_value, mask_upload_value, prompt_value, model_value, *values):
+                progress = values[-1]
+                form = UIRequest(editor_value, mask_upload_value, prompt_value, model_value,
+                                 {key: from_widget(by_key[key], v) for key, v in zip(keys, values[:-1])})
                 progress(0, desc="loading the model")
                 try:
-                    image, paths = self.run(form, on_step=progress_reporter(progress, form))
+                    result = self.run(form, on_step=progress_reporter(progress, form))
                 except HDPainterError as exc:
                     raise gr.Error(str(exc)) from None
-                items = [(image, "input")] + [(str(p), f"seed {int(form.seed) + SEED_STRIDE * k}") for k, p in enumerate(paths)]
-                return items, [str(p) for p in paths]
+                for note in result.notes:
+                    gr.Warning(note)
+                items = [(result.image, "input")] + [(str(p), f"seed {seed}") for p, seed in zip(result.paths, result.seeds)]
+                return items, [str(p) for p in result.paths]
 
-            run.click(submit, [editor, mask_upload, prompt, model, method, steps, seed, guidance, eta, positive,
-                               negative, samples, upscale, sr_method, grow, feather], [gallery, files],
+            # the API's parameters are named after the form's fields (editor, …, then every option by its key)
+            names = ["editor", "mask_upload", "prompt", "model"] + keys
+            parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+            parameters.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+            submit.__signature__ = inspect.Signature(parameters)
+            run.click(submit, [editor, mask_upload, prompt, model] + [widgets[k] for k in keys], [gallery, files],
                       api_name="inpaint", concurrency_limit=1)
         demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
         return demo
 
 
+def widget(gr, opt: Option, value, interactive: bool = True):
+    """The Gradio component for one schema option."""
+    label = LABELS.get(opt.key, opt.key.replace("_", " ").capitalize())
+    common = dict(label=label, info=None if opt.key in LABELS else opt.help, interactive=interactive)
+    if opt.type is bool:
+        return gr.Checkbox(value=value, **common)
+    if opt.labels is not None:
+        return gr.Dropdown(list(opt.labels), value=opt.label(value), **common)
+    if opt.sequence:
+        return gr.CheckboxGroup(list(opt.choices), value=list(value), **common)
+    if opt.choices is not None:
+        return gr.Dropdown(list(opt.choices), value=value, **common)
+    if opt.type is str:
+        return gr.Textbox(value, **common)
+    if opt.ui_max is not None:
+        low = opt.range[0] if opt.range else -opt.ui_max
+        step = 1 if opt.type is int else opt.ui_max / 40
+        return gr.Slider(low, opt.ui_max, value=value, step=step, **common)
+    return gr.Number(value, precision=0 if opt.type is int else None, **common)
+
+
+def from_widget(opt: Option, value):
+    """A widget's value as the schema parses it (an empty number box: the option's automatic value)."""
+    if value is None and not opt.optional and opt.labels is None:
+        return opt.default
+    return value
+
+
 def progress_reporter(progress, form: UIRequest):
     """on_step for HDPainter that moves a Gradio progress bar over both stages' steps."""
-    steps1 = int(form.steps)
+    samples = int(form.options.get("num_samples", 1))
 
     def on_step(stage, sample, step, total):
         if stage == 1:
-            progress(step / steps1 * 0.5, desc=f"stage 1: step {step}/{total}")
+            progress(step / total * 0.5, desc=f"stage 1: step {step}/{total}")
         else:
-            done = (sample + step / total) / int(form.num_samples)
+            done = (sample + step / total) / samples
             progress(0.5 + 0.5 * done, desc=f"stage 2, sample {sample + 1}: step {step}/{total}")
 
     return on_step

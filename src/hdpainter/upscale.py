@@ -1,4 +1,4 @@
-"""Stage 2: the inpainting-specialised ×4 super-resolution (paper §3.5, Eq. 10; METHOD.md §5).
+"""Stage 2: the inpainting-specialised ×4 super-resolution (paper §3.5, Eq. 10; docs/method.md §5).
 
 The stage-1 result (working resolution) conditions the ×4 upscaler; the original image, resized to
 4× the working size, supplies the known region: at every step its latents replace the predicted clean
@@ -19,55 +19,27 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import StableDiffusionUpscalePipeline
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import images as imgs
-from .core.blend import latent_blend
-from .core.sampling import ddim_step, split_prediction, trailing_timesteps
+from .core.sampling import Prediction, sample, split_prediction, trailing_timesteps, with_known_region
+from .defaults import CROP_ALIGN
 from .errors import HDPainterError
-from .inpaint import to_uint8
+from .request import SR_METHODS, SR_REGIONS, SRConfig
 
-SR_METHODS = ("specialized", "baseline", "bicubic")
-SR_REGIONS = ("crop", "whole")
+__all__ = ["CROP_ALIGN", "SR_METHODS", "SR_REGIONS", "HDUpscalePipeline", "HDUpscalePipelineOutput", "SRConfig",
+           "super_resolve"]
+
 SR_SCALE = 4  # the upscaler's factor: high-res pixels per low-res pixel (= per latent pixel)
-CROP_ALIGN = 32  # crop boxes start and end on multiples of this many high-res pixels: 8 latent pixels, the UNet's coarsest grid
 VAE_TILING_AUTO_PIXELS = 1024 * 1024  # with vae_tiling=None, regions larger than this are encoded/decoded in tiles
 
 
-@dataclass(frozen=True)
-class SRConfig:
-    """Stage 2's settings; the defaults are the reference's (METHOD §5)."""
+@dataclass
+class HDUpscalePipelineOutput(BaseOutput):
+    """The ×4 result: (1, 3, 4h, 4w) in [−1, 1], or x̂0 (1, 4, h, w) for output_type "latent"."""
 
-    method: str = "specialized"  # "specialized" (Eq. 10 every step), "baseline" (plain ×4 SR), "bicubic" (no diffusion)
-    num_inference_steps: int = 20  # DDIM steps, trailing spacing: 999, 949, …, 49
-    guidance_scale: float = 7.5
-    noise_level: int = 20  # noise added to the low-res condition; also the UNet's class label
-    prompt_suffix: str = "high resolution professional photo"  # the prompt becomes f"{prompt}, {suffix}"
-    negative_prompt: str = ""
-    mask_dilation: int = 19  # iterations of the 3×3 cross dilation of the high-res mask
-    mask_blur: int = 19  # Gaussian kernel size (latent pixels) softening Eq. 10's mask; σ = 0.3·((k−1)/2 − 1) + 0.8
-    canvas_multiple: int = 256  # the high-res image is reflect-padded right/bottom to a multiple of this
-    region: str = "crop"  # "crop": diffuse a box around the mask; "whole": the whole canvas, as the reference
-    context: int = 128  # high-res pixels of context kept around the dilated mask in "crop" mode
-    vae_tiling: bool | None = None  # None: tiled VAE for regions over VAE_TILING_AUTO_PIXELS
-
-    def check(self) -> None:
-        if self.method not in SR_METHODS:
-            raise HDPainterError(f"sr_method must be one of {', '.join(SR_METHODS)}; got {self.method!r}")
-        if self.region not in SR_REGIONS:
-            raise HDPainterError(f"sr_region must be one of {', '.join(SR_REGIONS)}; got {self.region!r}")
-        if not 1 <= self.num_inference_steps <= 1000:
-            raise HDPainterError(f"sr_steps must be in 1..1000, got {self.num_inference_steps}")
-        if not 0 <= self.noise_level <= 350:
-            raise HDPainterError(f"sr_noise_level must be in 0..350, got {self.noise_level}")
-        if self.context < 0:
-            raise HDPainterError(f"sr_context must not be negative, got {self.context}")
-        if self.mask_dilation < 0:
-            raise HDPainterError(f"the mask dilation must not be negative, got {self.mask_dilation}")
-        if self.mask_blur < 1 or self.mask_blur % 2 == 0:
-            raise HDPainterError(f"the mask blur kernel must be a positive odd size, got {self.mask_blur}")
-        if self.canvas_multiple % CROP_ALIGN:
-            raise HDPainterError(f"canvas_multiple must be a multiple of {CROP_ALIGN}")
+    images: torch.Tensor
 
 
 def blur_sigma(kernel: int) -> float:
@@ -162,6 +134,24 @@ class HDUpscalePipeline(StableDiffusionUpscalePipeline):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
 
+    _callback_tensor_inputs = ["latents", "x0", "eps"]
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
     @torch.no_grad()
     def __call__(
         self,
@@ -178,13 +168,16 @@ class HDUpscalePipeline(StableDiffusionUpscalePipeline):
         low_res_noise: torch.Tensor | None = None,
         callback_on_step_end: Callable | None = None,
         output_type: str = "pt",
-    ) -> torch.Tensor:
-        """Super-resolve `low_res` ((1, 3, h, w) in [−1, 1]); returns (1, 3, 4h, 4w) in [−1, 1] (or x̂0 for "latent").
+        return_dict: bool = True,
+    ):
+        """Super-resolve `low_res` ((1, 3, h, w) in [−1, 1]) to (1, 3, 4h, 4w) in [−1, 1] (or x̂0 for "latent"),
+        returned as `HDUpscalePipelineOutput(images=…)` (a one-tuple with return_dict=False).
 
         `known` ((1, 4, h, w), from `encode_known`) and `blend_mask` ((1, 1, h, w), 1 = paint) switch on
         Eq. 10; leave both None for the plain upscaler. `latents` and `low_res_noise` replace the draws
         from `generator` (x_T, and the low-res augmentation noise). `callback_on_step_end(self, i, t,
-        {"latents", "x0", "eps"})` sees each step after the blend, x0 being the blended x̂0.
+        {"latents", "x0", "eps"})` sees each step after the blend, x0 being the blended x̂0; it may return
+        new latents. The diffusers properties (`guidance_scale`, `num_timesteps`, `interrupt`) describe the call.
         """
         if (known is None) != (blend_mask is None):
             raise HDPainterError("known and blend_mask go together: give both for Eq. 10, neither for plain SR")
@@ -192,7 +185,8 @@ class HDUpscalePipeline(StableDiffusionUpscalePipeline):
             raise HDPainterError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
         device, dtype = self._execution_device, self.unet.dtype
         _, _, h, w = low_res.shape
-        do_cfg = guidance_scale > 1.0
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        do_cfg = self.do_classifier_free_guidance
 
         # 1. Text: [negative; prompt]
         cond_embeds, uncond_embeds = self.encode_prompt(prompt, device, 1, do_cfg, negative_prompt)
@@ -214,33 +208,40 @@ class HDUpscalePipeline(StableDiffusionUpscalePipeline):
         elif tuple(latents.shape) != shape:
             raise HDPainterError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype)
-        if known is not None:
-            known = known.to(device=device, dtype=torch.float32)
-            blend_mask = blend_mask.to(device=device, dtype=torch.float32)
         timesteps = trailing_timesteps(self.scheduler.config.num_train_timesteps, num_inference_steps)
+        self._num_timesteps = len(timesteps)
         alpha_bar = self.scheduler.alphas_cumprod.double()
         prediction_type = self.scheduler.config.get("prediction_type", "v_prediction")
 
         # 4. DDIM (η = 0) on x̂0 blended with the known latents (Eq. 10); the last step's x̂0 is decoded
+        def model(x: torch.Tensor, i: int, t: int) -> Prediction:
+            x_in = torch.cat([torch.cat([x] * copies), condition], dim=1)
+            t_batch = torch.full((copies,), t, device=device, dtype=torch.long)
+            out = self.unet(x_in, t_batch, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[0]
+            if do_cfg:
+                out_uncond, out_cond = out.float().chunk(2)
+                out = out_uncond + self.guidance_scale * (out_cond - out_uncond)
+            return Prediction(*split_prediction(out.float(), x.float(), float(alpha_bar[t]), prediction_type))
+
+        if known is not None:
+            model = with_known_region(model, known.to(device=device, dtype=torch.float32),
+                                      blend_mask.to(device=device, dtype=torch.float32))
+
         with self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
-                x_in = torch.cat([torch.cat([latents] * copies), condition], dim=1)
-                t_batch = torch.full((copies,), t, device=device, dtype=torch.long)
-                out = self.unet(x_in, t_batch, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[0]
-                if do_cfg:
-                    out_uncond, out_cond = out.float().chunk(2)
-                    out = out_uncond + guidance_scale * (out_cond - out_uncond)
-                x0, eps = split_prediction(out.float(), latents.float(), float(alpha_bar[t]), prediction_type)
-                if known is not None:
-                    x0 = latent_blend(x0, known, blend_mask)
-                if i + 1 < len(timesteps):
-                    latents = ddim_step(x0, eps, float(alpha_bar[timesteps[i + 1]])).to(dtype)
+
+            def step_end(i: int, t: int, x: torch.Tensor, pred: Prediction) -> torch.Tensor:
                 if callback_on_step_end is not None:
-                    callback_on_step_end(self, i, t, {"latents": latents, "x0": x0, "eps": eps})
+                    outputs = callback_on_step_end(self, i, t, {"latents": x, "x0": pred.x0, "eps": pred.eps}) or {}
+                    x = outputs.get("latents", x)
                 progress.update()
+                return x
+
+            x0 = sample(model, latents, timesteps, alpha_bar, callback=step_end, interrupted=lambda: self.interrupt)
         result = x0 if output_type == "latent" else self.decode(x0).float()
         self.maybe_free_model_hooks()  # with model cpu offload, the VAE goes back to the CPU
-        return result
+        if not return_dict:
+            return (result,)
+        return HDUpscalePipelineOutput(images=result)
 
 
 @dataclass
@@ -311,10 +312,10 @@ def super_resolve(
             latents=latents[:, :, ly0:ly1, lx0:lx1],
             low_res_noise=low_res_noise[:, :, ly0:ly1, lx0:lx1],
             callback_on_step_end=callback_on_step_end,
-        )
+        ).images
     finally:
         pipe.vae.use_tiling = was_tiling
     width, height = canvas.size
     x1, y1 = min(x1, width), min(y1, height)  # drop the padding
-    pixels = to_uint8(decoded.cpu()[:, :, : y1 - y0, : x1 - x0])[0]
+    pixels = imgs.to_uint8(decoded.cpu()[:, :, : y1 - y0, : x1 - x0])[0]
     return Patch(pixels, (x0, y0, x1, y1), canvas.size)

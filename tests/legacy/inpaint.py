@@ -201,7 +201,6 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
             raise HDPainterError(f"rasg_sigma must be one of {', '.join(RASG_SIGMAS)}; got {rasg_sigma!r}")
         if output_type not in OUTPUT_TYPES:
             raise HDPainterError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
-        imgs.check_working_size(working_size)
         if num_images_per_prompt < 1:
             raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
         if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:

@@ -1,4 +1,4 @@
-"""Stage 2's blending (paper §3.5 Eq. 10 and the final Poisson blend; METHOD.md §5-6).
+"""Stage 2's blending (paper §3.5 Eq. 10 and the final Poisson blend; docs/method.md §5-6).
 
 Building blocks for the inpainting-specialised super-resolution: `latent_blend` runs on tensors at
 every upscaler step; `poisson_blend` runs once on uint8 images (OpenCV's seamlessClone).
@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-POISSON_PAD = 32  # reflect padding around the image before seamlessClone (the reference's)
-POISSON_DILATION = 48  # side of the square kernel the mask is dilated with (the reference's, at 2048 px)
+from ..defaults import POISSON_DILATION, POISSON_PAD
 
 
 def latent_blend(x0: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

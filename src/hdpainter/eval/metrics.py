@@ -53,11 +53,11 @@ class Metric:
     def check_available(self, local_files_only: bool = False) -> None:
         """Fail early, with one line, where a model cannot be had: a missing folder, or a hub model absent
         from the local cache when the hub may not be used. (Online, the hub is asked when loading.)"""
-        import os
-
         from huggingface_hub import try_to_load_from_cache
 
-        offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        from ..models import hub_offline
+
+        offline = local_files_only or hub_offline()
         for source, filenames, flag in self.sources():
             path = Path(source).expanduser()
             if path.exists() or source.startswith((".", "/", "~")):
@@ -69,12 +69,9 @@ class Metric:
 
 
 def _load(cls, source: str, local_files_only: bool, what: str, **kwargs):
-    from ..models import _load_error
+    from ..models import load_pretrained
 
-    try:
-        return cls.from_pretrained(source, local_files_only=local_files_only, **kwargs)
-    except Exception as exc:  # hub, network and format errors: one line
-        raise HDPainterError(_load_error(source, source, exc, what)) from exc
+    return load_pretrained(cls, source, local_files_only, what, **kwargs)
 
 
 def clip_features(model, processor, device, images=None, texts=None):
@@ -272,9 +269,9 @@ def fetch_file(spec: str, local_files_only: bool, flag: str) -> Path:
     try:
         return Path(hf_hub_download(source, filename, local_files_only=local_files_only))
     except Exception as exc:
-        from ..models import _load_error
+        from ..models import load_error
 
-        raise HDPainterError(_load_error(spec, source, exc, flag)) from exc
+        raise HDPainterError(load_error(spec, source, exc, flag)) from exc
 
 
 class KnownPSNR(Metric):

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import PIL.Image
 
-from ..defaults import PAPER_METHODS
+from ..defaults import EVAL_OPTIONS, PAPER_METHODS
 from ..errors import HDPainterError
 from ..outputs import save_image
+from ..request import InpaintRequest
 from . import metrics as M
 from .coco import EVAL_SIZE, Coco, Pair, read_pairs, sample_pairs, write_pairs
 from .stats import mean_interval, rate_interval
 
 METHODS = PAPER_METHODS  # the paper's Table 2
 PAPER_PAIRS = 10000
-EVAL_RASG_ETA = 0.25  # the reference's evaluation (its demo uses 0.1)
 PAPER_TABLE = {  # METHOD §7 / the paper's Table 2: SD 2 inpainting, 10,000 pairs
     "baseline": (24.86, 51.9), "painta": (25.24, 52.2), "rasg": (25.85, 62.0), "painta+rasg": (26.34, 61.4)}
 
@@ -48,12 +48,9 @@ class EvalConfig:
     limit: int | None = None  # only the first N pairs
     hull: bool = True  # False: the exact polygons
     size: int = EVAL_SIZE
-    seed: int = 1  # generation seed, the same for every pair (as the reference)
-    steps: int = 50
-    guidance_scale: float = 7.5
-    rasg_eta: float = EVAL_RASG_ETA
-    negative_prompt: str = ""  # the reference's evaluation runs without its negative/positive prompts
-    positive_prompt: str = ""
+    # generation options by key (seed, steps, rasg_eta, …) over the reference's evaluation protocol (EVAL_OPTIONS:
+    # η 0.25, no negative or positive prompt); the seed is the same for every pair, as the reference's
+    options: dict = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(M.DEFAULT_METRICS))
     clip_model: str = M.CLIP_MODEL
     detector: str = M.DETECTOR
@@ -78,14 +75,15 @@ class EvalConfig:
             raise HDPainterError(f"--limit must be at least 1, got {self.limit}")
         if self.sample is not None and self.sample < 1:
             raise HDPainterError(f"--sample must be at least 1, got {self.sample}")
-        if not 1 <= self.steps <= 1000:
-            raise HDPainterError(f"--steps must be in 1..1000, got {self.steps}")
         if self.reference not in self.methods:
             raise HDPainterError(f"--pick-reference {self.reference!r} is not among --methods")
-        from ..images import check_working_size
-
-        check_working_size(self.size)
+        self.request(self.methods[0], "").validate()
         M.make_metrics(self.metrics)  # unknown metric names fail here
+
+    def request(self, method: str, prompt: str) -> InpaintRequest:
+        """The generation request of one (pair, method): the protocol's options, then this run's."""
+        return InpaintRequest.from_options(EVAL_OPTIONS | self.options | dict(
+            prompt=prompt, method=method, working_size=self.size))
 
     @property
     def reference(self) -> str:
@@ -147,9 +145,8 @@ def _bar(items, desc: str, config: EvalConfig, rank: int, world: int):
 def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, dtype=None, rank=0, world=1) -> list[Failure]:
     """Each method's result for each pair not yet done, with the reference's protocol: the stage-1 output
     at the evaluation size (the whole decoded image, no super-resolution, no blending)."""
-    import torch
-
     from ..models import load_inpaint_pipeline
+    from ..painter import stage1_arguments
 
     todo = [p for p in pairs if not all(result_path(out, m, p).exists() for m in config.methods)]
     if not todo:
@@ -165,13 +162,10 @@ def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, devic
                 if path.exists():
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
-                image = pipe(sample.prompt, sample.image, sample.mask, method=method, num_inference_steps=config.steps,
-                             guidance_scale=config.guidance_scale, rasg_eta=config.rasg_eta,
-                             negative_prompt=config.negative_prompt, positive_prompt=config.positive_prompt,
-                             working_size=config.size, generator=torch.Generator("cpu").manual_seed(config.seed)).images[0]
-                save_image(image, path, {"pair": pair.name, "image_id": sample.image_id, "prompt": sample.prompt,
-                                         "method": method, "model": config.model, "seed": config.seed,
-                                         "steps": config.steps, "rasg_eta": config.rasg_eta})
+                request = config.request(method, sample.prompt)
+                image = pipe(sample.prompt, sample.image, sample.mask, **stage1_arguments(request)).images[0]
+                save_image(image, path, request.metadata() | {"pair": pair.name, "image_id": sample.image_id,
+                                                              "model": config.model})
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # one broken pair must not stop the others
@@ -264,7 +258,8 @@ def summarise(config: EvalConfig, pairs: list[Pair], out: Path) -> dict:
         rows.append(row)
     return {"rows": rows, "metrics": {m.name: {"kind": m.kind, "higher_is_better": m.higher_is_better,
                                                "description": m.describe()} for m in metric_list},
-            "pairs": len(pairs), "config": asdict(config)}
+            "pairs": len(pairs), "config": asdict(config),
+            "generation": config.request(config.methods[0], "").metadata()}
 
 
 def _cell(stat: dict, kind: str, name: str) -> str:
@@ -286,7 +281,9 @@ def write_table(summary: dict, out: Path) -> str:
     names = list(metrics)
     config = summary["config"]
     header = ["method"] + [name + (" ↑" if metrics[name]["higher_is_better"] else " ↓") for name in names] + ["n"]
-    lines = [f"# hdpainter eval: {config['model']}, {summary['pairs']} pairs, {config['steps']} steps, seed {config['seed']}",
+    generation = summary["generation"]
+    lines = [f"# hdpainter eval: {config['model']}, {summary['pairs']} pairs, {generation['steps']} steps, "
+             f"seed {generation['seed']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary["rows"]:
         n = max((row[name]["n"] for name in names), default=0)
@@ -346,8 +343,8 @@ def contact_sheet(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, 
 def run_eval(config: EvalConfig) -> tuple[str | None, list[Failure]]:
     """The whole evaluation (this process's share under torch.distributed); returns rank 0's Markdown table
     (None on other ranks) and this process's failures."""
-    from ..batch import distributed, rank_device
     from ..models import default_device_and_dtype
+    from ..parallel import distributed, rank_device
 
     config.check()
     coco = Coco(config.coco)

@@ -76,6 +76,34 @@ def test_manifest_rows_carry_their_own_prompt_and_seed(capsys, tmp_path, tiny_mo
     assert (second["prompt"], second["seed"]) == ("a cat", 3)
 
 
+def test_manifest_rows_may_carry_any_option_and_bad_cells_fail_their_row(capsys, tmp_path, tiny_model_dir):
+    from hdpainter.painter import HDPainter
+    from hdpainter.request import InpaintRequest
+
+    folder = make_folder(tmp_path / "in", count=3)
+    rows = [
+        {"image": "img0.png", "mask": "img0_mask.png", "prompt": "a boat", "method": "baseline", "mask_grow": 3,
+         "num_samples": 2, "guidance_scale": 1.0, "upscale": False},
+        {"image": "img1.png", "mask": "img1_mask.png", "prompt": "a cat", "steps": 0},
+        {"image": "img2.png", "mask": "img2_mask.png", "prompt": "a dog", "colour": "red"},
+    ]
+    manifest = folder / "list.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, _, err = run(capsys, manifest, "--output", tmp_path / "out", "--model", tiny_model_dir, *FAST)
+    assert code == 1 and "batch: 1 written, 0 already done, 2 failed, of 3" in err
+    assert "failed: img1: row 2: steps must be in 1..1000, got 0" in err  # named by its column
+    assert "failed: img2: row 3: unknown option 'colour'" in err
+    painter = HDPainter.from_pretrained(str(tiny_model_dir), upscaler=None, device="cpu")
+    options = {k: v for k, v in rows[0].items() if k not in ("image", "mask")}  # the row's own, over the flags
+    request = InpaintRequest.from_options({"steps": 2, "working_size": 64, "sr_method": "bicubic"} | options)
+    want = painter(PIL.Image.open(folder / "img0.png"), PIL.Image.open(folder / "img0_mask.png"), request, progress=False)
+    for k in (1, 2):
+        with PIL.Image.open(tmp_path / "out" / f"img0-{k}.png") as saved:
+            params = json.loads(saved.info["parameters"])
+            assert (params["mask_grow"], params["guidance_scale"], params["upscale"], params["sample"]) == (3, 1.0, False, k)
+            assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(want[k - 1]))
+
+
 def test_rerun_redoes_exactly_the_missing_items(capsys, tmp_path, tiny_model_dir):
     folder = make_folder(tmp_path / "in")
     out = tmp_path / "out"

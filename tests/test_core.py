@@ -217,3 +217,66 @@ def test_token_indices_ignore_padding_of_either_kind():
 def test_token_indices_truncated_prompt():
     bare = [SOT] + [10] * 75 + [EOT]  # 77 tokens: the prompt was cut
     assert prompt_token_indices(bare, bare, EOT) == list(range(1, 76)) + [76]
+
+
+def test_rasg_step_is_eq9_with_the_normalised_negative_gradient():
+    """x_{t−Δ} = √ᾱ_prev x̂0 + √(1 − ᾱ_prev − (ησ)²) ε̂ + ησ g, g = −∇L / std(−∇L) per sample (unbiased std)."""
+    from hdpainter.core.sampling import rasg_step
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps, grad = (torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    grad[1] *= 1e-3  # a tiny gradient is normalised like a large one
+    eta, sigma, ab_prev = 0.3, 0.8, 0.6
+    out = rasg_step(x0, eps, grad, ab_prev, eta, sigma)
+    for b in range(2):
+        flat = -grad[b].flatten()
+        std = math.sqrt(((flat - flat.mean()) ** 2).sum().item() / (flat.numel() - 1))
+        want = math.sqrt(ab_prev) * x0[b] + math.sqrt(1 - ab_prev - (eta * sigma) ** 2) * eps[b] - eta * sigma * grad[b] / std
+        torch.testing.assert_close(out[b], want)
+    # by hand: one sample, ∇L = (1, −1): std √2, g = (−1, 1)/√2
+    hand = rasg_step(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), 0.5, 1.0, 0.5)
+    torch.testing.assert_close(hand, torch.tensor([[-0.5, 0.5]]) / math.sqrt(2))
+
+
+def test_the_sampler_over_a_closed_form_model_is_the_ddim_recursion():
+    """sample() with a linear model, RASG-style noise and a callback, against the DDIM formulas written out."""
+    from hdpainter.core.sampling import Prediction, sample
+
+    alpha_bar = torch.linspace(0.99, 0.05, 1000, dtype=torch.float64)
+    timesteps = [999, 666, 332]
+    direction = torch.full((1, 2), 0.5)
+
+    def model(x, i, t):
+        return Prediction(x0=0.5 * x.float(), eps=x.float() + i, grad=torch.ones(1, 2))
+
+    seen = []
+    x_t = torch.tensor([[1.0, -2.0]])
+    out = sample(model, x_t, timesteps, alpha_bar, noise=lambda pred, t, t_prev: (0.1, direction),
+                 callback=lambda i, t, x, pred: seen.append((i, t)) or x * 2)
+    x = x_t.clone()
+    for i, t in enumerate(timesteps):
+        x0, eps = 0.5 * x, x + i
+        if i == len(timesteps) - 1:
+            x = x0 * 2
+        else:
+            ab = float(alpha_bar[timesteps[i + 1]])
+            x = (math.sqrt(ab) * x0 + math.sqrt(1 - ab - 0.01) * eps + 0.1 * direction) * 2
+    torch.testing.assert_close(out, x)
+    assert seen == [(0, 999), (1, 666), (2, 332)]
+    assert sample(model, x_t, timesteps, alpha_bar, interrupted=lambda: True) is x_t  # interrupted before any step
+
+
+def test_vanilla_guidance_and_known_region_wrappers_are_eq6_and_eq10():
+    from hdpainter.core.sampling import Prediction, with_known_region, with_vanilla_guidance
+
+    g = torch.Generator().manual_seed(1)
+    x, eps, x0, grad, known = (torch.randn(1, 4, 2, 3, generator=g) for _ in range(5))
+    alpha_bar = torch.full((1000,), 0.36, dtype=torch.float64)
+    guided = with_vanilla_guidance(lambda x_, i, t: Prediction(x0, eps, grad), alpha_bar, 50.0)(x, 0, 10)
+    eps_hat = eps + math.sqrt(1 - 0.36) * 50.0 * grad
+    torch.testing.assert_close(guided.eps, eps_hat)
+    torch.testing.assert_close(guided.x0, (x - 0.8 * eps_hat) / 0.6)
+    mask = (torch.rand(1, 1, 2, 3, generator=g) > 0.5).float()
+    blended = with_known_region(lambda x_, i, t: Prediction(x0, eps), known, mask)(x, 0, 10)
+    torch.testing.assert_close(blended.x0, torch.where(mask > 0, x0, known))
+    assert blended.eps is eps

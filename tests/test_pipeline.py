@@ -370,3 +370,63 @@ def test_half_precision_path_runs_and_tracks_float32(photo):
             for d, p in pipes.items()}
     assert np.isfinite(outs[torch.bfloat16]).all()
     assert np.abs(outs[torch.bfloat16] - outs[torch.float32]).mean() < 0.05
+
+
+def unet_batches(pipe):
+    sizes = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    return sizes, handle
+
+
+def test_diffusers_cfg_cutoff_callback_ends_the_unconditional_pass(pipe, photo):
+    """diffusers' SDCFGCutoffCallback: it reads num_timesteps, sets _guidance_scale = 0 and keeps the conditional
+    embeddings; from the next step on the UNet sees one row instead of [uncond; cond]."""
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    sizes, handle = unet_batches(pipe)
+    try:
+        cut = run(pipe, photo, method="painta", num_inference_steps=4, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5))
+    finally:
+        handle.remove()
+    assert sizes == [2, 2, 2, 1]  # cut after step int(4 · 0.5) = 2: steps 0–2 guided, step 3 conditional only
+    assert pipe.guidance_scale == 0.0 and not pipe.do_classifier_free_guidance
+    full = run(pipe, photo, method="painta", num_inference_steps=4)
+    assert not torch.equal(cut, full)
+
+
+def test_callbacks_see_the_call_and_can_interrupt_it(pipe, photo):
+    seen = []
+
+    def callback(p, i, t, tensors):
+        seen.append((i, p.num_timesteps, p.guidance_scale, p.do_classifier_free_guidance, sorted(tensors)))
+        p._interrupt = i == 1
+        return {}
+
+    sizes, handle = unet_batches(pipe)
+    try:
+        run(pipe, photo, method="baseline", num_inference_steps=5, callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents", "x0", "prompt_embeds"])
+    finally:
+        handle.remove()
+    assert seen == [(i, 5, 7.5, True, ["latents", "prompt_embeds", "x0"]) for i in (0, 1)]  # stopped after step 1
+    assert sizes == [2, 2] and pipe.interrupt
+
+
+def test_the_upscaler_returns_an_output_dataclass_and_honours_interrupt(tiny_upscaler_dir):
+    from hdpainter.upscale import HDUpscalePipeline, HDUpscalePipelineOutput
+
+    sr = HDUpscalePipeline.from_pretrained(tiny_upscaler_dir)
+    sr.set_progress_bar_config(disable=True)
+    low = torch.zeros(1, 3, 8, 8)
+    steps = []
+
+    def stop(p, i, t, tensors):
+        steps.append((i, p.num_timesteps))
+        p._interrupt = True
+        return {}
+
+    out = sr("a cat", low, num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback_on_step_end=stop)
+    assert isinstance(out, HDUpscalePipelineOutput) and out.images.shape == (1, 3, 32, 32) and steps == [(0, 3)]
+    (latent,) = sr("a cat", low, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="latent",
+                   return_dict=False)
+    assert latent.shape == (1, 4, 8, 8)

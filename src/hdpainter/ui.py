@@ -297,6 +297,8 @@ def widget(gr, opt: Option, value, interactive: bool = True):
         return gr.Dropdown(list(opt.choices), value=value, **common)
     if opt.type is str:
         return gr.Textbox(value, **common)
+    if opt.optional:  # None means automatic: an empty number box
+        return gr.Number(value, precision=0 if opt.type is int else None, placeholder="auto", **common)
     if opt.ui_max is not None:
         low = opt.range[0] if opt.range else -opt.ui_max
         step = 1 if opt.type is int else opt.ui_max / 40

@@ -14,16 +14,16 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from . import images as imgs
 from .attention import STATE_KEY, AttentionGuidance, guided_attention
 from .core.rasg import rasg_objective
-from .core.sampling import Prediction, rasg_noise, sample, split_prediction, trailing_timesteps, with_vanilla_guidance
+from .core.sampling import Prediction, rasg_noise, sample, split_prediction, with_vanilla_guidance
 from .core.tokens import prompt_token_indices
 from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE, WORKING_SIZE
 from .errors import HDPainterError
 from .request import GuidanceConfig, option_index
+from .schedule import DDIMSchedule
 
 LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -114,7 +114,7 @@ def guided_prediction(
     return out_uncond + guidance_scale * (out_cond - out_uncond), gradient
 
 
-class HDPainterPipeline(StableDiffusionInpaintPipeline):
+class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
     """HD-Painter stage 1 on any 9-channel Stable Diffusion 1.x/2.x inpainting checkpoint.
 
     Loads like any diffusers pipeline (`HDPainterPipeline.from_pretrained(hub_id_or_folder)`), and
@@ -288,18 +288,9 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
 
         # 6. Initial noise x_T and the timestep schedule
         shape = (batch, self.vae.config.latent_channels, *latent_size)
-        if isinstance(generator, list) and len(generator) != batch:
-            raise HDPainterError(f"{len(generator)} generators given for {batch} samples (prompts × num_images_per_prompt)")
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise HDPainterError(f"latents must have shape {shape} for this input, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype)
-        timesteps = trailing_timesteps(self.scheduler.config.num_train_timesteps, num_inference_steps)
-        self._num_timesteps = len(timesteps)
-        alpha_bar = self.scheduler.alphas_cumprod.double()
+        latents = self.initial_latents(shape, latents, generator, device, dtype)
+        timesteps, alpha_bar, prediction_type = self.ddim_schedule(num_inference_steps, "epsilon")
         alpha = 1.0 - self.scheduler.betas.double()
-        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         cond = Conditioning(latent_size, factor, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask,
                             grid_masks)
 

@@ -23,10 +23,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import images as imgs
-from .core.sampling import Prediction, sample, split_prediction, trailing_timesteps, with_known_region
+from .core.sampling import Prediction, sample, split_prediction, with_known_region
 from .defaults import CROP_ALIGN
 from .errors import HDPainterError
 from .request import SR_METHODS, SR_REGIONS, SRConfig
+from .schedule import DDIMSchedule
 
 __all__ = ["CROP_ALIGN", "SR_METHODS", "SR_REGIONS", "HDUpscalePipeline", "HDUpscalePipelineOutput", "SRConfig",
            "super_resolve"]
@@ -117,7 +118,7 @@ def to_unit_range(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
 
 
-class HDUpscalePipeline(StableDiffusionUpscalePipeline):
+class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
     """The ×4 upscaler with HD-Painter's latent blend (Eq. 10) at every step.
 
     Loads like diffusers' `StableDiffusionUpscalePipeline` (e.g. stabilityai/stable-diffusion-x4-upscaler)
@@ -202,16 +203,8 @@ class HDUpscalePipeline(StableDiffusionUpscalePipeline):
         condition, labels = torch.cat([condition] * copies), torch.cat([level] * copies)
 
         # 3. x_T and the timesteps
-        shape = (1, self.vae.config.latent_channels, h, w)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise HDPainterError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype)
-        timesteps = trailing_timesteps(self.scheduler.config.num_train_timesteps, num_inference_steps)
-        self._num_timesteps = len(timesteps)
-        alpha_bar = self.scheduler.alphas_cumprod.double()
-        prediction_type = self.scheduler.config.get("prediction_type", "v_prediction")
+        latents = self.initial_latents((1, self.vae.config.latent_channels, h, w), latents, generator, device, dtype)
+        timesteps, alpha_bar, prediction_type = self.ddim_schedule(num_inference_steps, "v_prediction")
 
         # 4. DDIM (η = 0) on x̂0 blended with the known latents (Eq. 10); the last step's x̂0 is decoded
         def model(x: torch.Tensor, i: int, t: int) -> Prediction:

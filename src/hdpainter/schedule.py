@@ -1,0 +1,31 @@
+"""What both pipelines do before sampling: draw or check x_T, and lay out the DDIM schedule."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .core.sampling import trailing_timesteps
+from .errors import HDPainterError
+
+
+class DDIMSchedule:
+    """Mixed into HDPainterPipeline and HDUpscalePipeline (diffusers pipelines with a `scheduler` and a `vae`)."""
+
+    def initial_latents(self, shape: tuple[int, ...], latents, generator, device, dtype) -> torch.Tensor:
+        """x_T: drawn from `generator` (one or one per sample), or the given `latents` checked against `shape`."""
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise HDPainterError(f"{len(generator)} generators given for {shape[0]} samples (prompts × num_images_per_prompt)")
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if tuple(latents.shape) != tuple(shape):
+            raise HDPainterError(f"latents must have shape {tuple(shape)} for this input, got {tuple(latents.shape)}")
+        return latents.to(device=device, dtype=dtype)
+
+    def ddim_schedule(self, num_inference_steps: int, default_prediction: str) -> tuple[list[int], torch.Tensor, str]:
+        """(timesteps with trailing spacing, ᾱ indexed by t in float64, the model's prediction type);
+        `num_timesteps` reads the step count from here on."""
+        timesteps = trailing_timesteps(self.scheduler.config.num_train_timesteps, num_inference_steps)
+        self._num_timesteps = len(timesteps)
+        prediction_type = self.scheduler.config.get("prediction_type", default_prediction)
+        return timesteps, self.scheduler.alphas_cumprod.double(), prediction_type

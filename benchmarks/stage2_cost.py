@@ -27,15 +27,29 @@ import time
 from step_cost import PeakRSS, rss_bytes
 
 X4_UNET = dict(  # configs/stable-diffusion/x4-upscaling.yaml of Stability-AI/stablediffusion, in diffusers' terms
-    sample_size=128, in_channels=7, out_channels=4, layers_per_block=2, block_out_channels=(256, 512, 512, 1024),
+    sample_size=128,
+    in_channels=7,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(256, 512, 512, 1024),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=8, cross_attention_dim=1024, use_linear_projection=True, num_class_embeds=1000,
+    attention_head_dim=8,
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    num_class_embeds=1000,
     only_cross_attention=(True, True, True, False),
 )
 X4_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(128, 256, 512), layers_per_block=2, latent_channels=4, sample_size=256, scaling_factor=0.08333,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(128, 256, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=256,
+    scaling_factor=0.08333,
 )
 
 
@@ -52,10 +66,25 @@ def full_size_upscaler():
     parts["unet"] = UNet2DConditionModel(**X4_UNET).eval().requires_grad_(False)
     parts["vae"] = AutoencoderKL(**X4_VAE).eval().requires_grad_(False)
     tok = parts["tokenizer"]
-    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=1024, intermediate_size=64, num_attention_heads=8, num_hidden_layers=1,
-        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        hidden_act="gelu", projection_dim=32)).eval().requires_grad_(False)
+    parts["text_encoder"] = (
+        CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=1024,
+                intermediate_size=64,
+                num_attention_heads=8,
+                num_hidden_layers=1,
+                max_position_embeddings=77,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                hidden_act="gelu",
+                projection_dim=32,
+            )
+        )
+        .eval()
+        .requires_grad_(False)
+    )
     pipe = HDUpscalePipeline(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -102,8 +131,13 @@ def child(region: str, long_side: int, working: int, fraction: float, steps: int
     with PeakRSS() as peak:
         out = finish(image, mask, low_res, request, pipe, torch.Generator().manual_seed(0))
     assert out.size == image.size
-    return {"seconds": time.perf_counter() - start, "unet_seconds_per_step": unet["seconds"] / steps,
-            "latent_pixels_per_step": unet["pixels"] // steps, "peak_bytes": peak.peak, "above_weights_bytes": peak.peak - before}
+    return {
+        "seconds": time.perf_counter() - start,
+        "unet_seconds_per_step": unet["seconds"] / steps,
+        "latent_pixels_per_step": unet["pixels"] // steps,
+        "peak_bytes": peak.peak,
+        "above_weights_bytes": peak.peak - before,
+    }
 
 
 def main() -> int:
@@ -111,7 +145,9 @@ def main() -> int:
     parser.add_argument("--table", choices=("region", "growth", "both"), default="both")
     parser.add_argument("--fraction", type=float, default=0.05, help="mask area / image area (default 0.05)")
     parser.add_argument("--sr-steps", type=int, default=1)
-    parser.add_argument("--region-working-size", type=int, default=512, help="table region: working size (canvas = 4×)")
+    parser.add_argument(
+        "--region-working-size", type=int, default=512, help="table region: working size (canvas = 4×)"
+    )
     parser.add_argument("--growth-working-size", type=int, default=256)
     parser.add_argument("--growth-sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
@@ -122,8 +158,20 @@ def main() -> int:
         return 0
 
     def run_child(region, long_side, working) -> dict:
-        proc = subprocess.run([sys.executable, __file__, "--child", region, str(long_side), str(working), str(args.fraction),
-                               str(args.sr_steps)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                region,
+                str(long_side),
+                str(working),
+                str(args.fraction),
+                str(args.sr_steps),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             sys.exit(proc.stderr)
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -131,25 +179,38 @@ def main() -> int:
     gib = 2**30
 
     def row(label, r):
-        return (f"| {label} | {r['seconds']:.0f} s | {r['unet_seconds_per_step']:.1f} s | {r['latent_pixels_per_step']:,} "
-                f"| {r['peak_bytes'] / gib:.2f} GiB | {r['above_weights_bytes'] / gib:.2f} GiB |")
+        return (
+            f"| {label} | {r['seconds']:.0f} s | {r['unet_seconds_per_step']:.1f} s | {r['latent_pixels_per_step']:,} "
+            f"| {r['peak_bytes'] / gib:.2f} GiB | {r['above_weights_bytes'] / gib:.2f} GiB |"
+        )
 
-    header = ["| run | stage-2 time | UNet time per step | latent pixels per step | peak memory | above weights |",
-              "|---|---|---|---|---|---|"]
+    header = [
+        "| run | stage-2 time | UNet time per step | latent pixels per step | peak memory | above weights |",
+        "|---|---|---|---|---|---|",
+    ]
     if args.table in ("region", "both"):
         long_side = 4 * args.region_working_size
         results = {r: run_child(r, long_side, args.region_working_size) for r in ("crop", "whole")}
-        lines = [f"{long_side}x{long_side * 3 // 4} photo, mask {args.fraction:.0%} of it, working size {args.region_working_size}, "
-                 f"{args.sr_steps} SR step(s)", "", *header]
+        lines = [
+            f"{long_side}x{long_side * 3 // 4} photo, mask {args.fraction:.0%} of it, working size {args.region_working_size}, "
+            f"{args.sr_steps} SR step(s)",
+            "",
+            *header,
+        ]
         lines += [row(r, results[r]) for r in ("crop", "whole")]
         c, w = results["crop"], results["whole"]
-        lines.append(f"| whole / crop | {w['seconds'] / c['seconds']:.1f}× | {w['unet_seconds_per_step'] / c['unet_seconds_per_step']:.1f}× "
-                     f"| {w['latent_pixels_per_step'] / c['latent_pixels_per_step']:.1f}× | {w['peak_bytes'] / c['peak_bytes']:.2f}× "
-                     f"| {w['above_weights_bytes'] / c['above_weights_bytes']:.1f}× |")
+        lines.append(
+            f"| whole / crop | {w['seconds'] / c['seconds']:.1f}× | {w['unet_seconds_per_step'] / c['unet_seconds_per_step']:.1f}× "
+            f"| {w['latent_pixels_per_step'] / c['latent_pixels_per_step']:.1f}× | {w['peak_bytes'] / c['peak_bytes']:.2f}× "
+            f"| {w['above_weights_bytes'] / c['above_weights_bytes']:.1f}× |"
+        )
         print("\n".join(lines) + "\n", flush=True)
     if args.table in ("growth", "both"):
-        lines = [f"crop mode, working size {args.growth_working_size}, mask {args.fraction:.0%} of the photo, {args.sr_steps} SR step(s)",
-                 "", *header]
+        lines = [
+            f"crop mode, working size {args.growth_working_size}, mask {args.fraction:.0%} of the photo, {args.sr_steps} SR step(s)",
+            "",
+            *header,
+        ]
         first = None
         for size in args.growth_sizes:
             r = run_child("crop", size, args.growth_working_size)

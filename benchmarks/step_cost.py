@@ -23,11 +23,16 @@ import threading
 import time
 
 SD2_INPAINT_UNET = dict(
-    sample_size=64, in_channels=9, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=9,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
 )
 METHODS = ("baseline", "painta+rasg")
 
@@ -73,8 +78,15 @@ def setup(size: int):
     token_mask = torch.zeros(1, 77, dtype=torch.bool)
     token_mask[0, 1:4] = True
     grid_masks = {d: torch.nn.functional.interpolate(mask, scale_factor=8 / d).flatten(1) > 0.5 for d in (16, 32)}
-    cond = Conditioning((h, w), 8, torch.cat([mask, torch.randn(1, 4, h, w, generator=g)], 1),
-                        torch.randn(1, 77, 1024, generator=g), torch.randn(1, 77, 1024, generator=g), token_mask, grid_masks)
+    cond = Conditioning(
+        (h, w),
+        8,
+        torch.cat([mask, torch.randn(1, 4, h, w, generator=g)], 1),
+        torch.randn(1, 77, 1024, generator=g),
+        torch.randn(1, 77, 1024, generator=g),
+        token_mask,
+        grid_masks,
+    )
     return unet, cond, torch.randn(1, 4, h, w, generator=g)
 
 
@@ -90,7 +102,9 @@ def make_step(unet, cond, latents, method: str, t: int):
 
     def step():
         with torch.no_grad(), guided_attention(unet, 8):
-            out, gradient = guided_prediction(unet, latents, t, cond, 7.5, guidance, on and t > guidance.painta_until_t, on)
+            out, gradient = guided_prediction(
+                unet, latents, t, cond, 7.5, guidance, on and t > guidance.painta_until_t, on
+            )
         assert torch.isfinite(out).all() and (gradient is None or torch.isfinite(gradient).all())
 
     return step
@@ -118,7 +132,8 @@ def child_time(size: int, timesteps: list[int], rounds: int) -> dict:
             step()
             times[key].append(time.perf_counter() - start)
     return {f"{m}@{t}": statistics.median(v) for (m, t), v in times.items()} | {
-        f"ratio@{t}": statistics.median(o / b for o, b in zip(times[("painta+rasg", t)], times[("baseline", t)])) for t in timesteps
+        f"ratio@{t}": statistics.median(o / b for o, b in zip(times[("painta+rasg", t)], times[("baseline", t)]))
+        for t in timesteps
     }
 
 
@@ -126,7 +141,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step of each")
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[999, 499], help="999: PAIntA and RASG; 499: RASG only")
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=[999, 499], help="999: PAIntA and RASG; 499: RASG only"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -139,12 +156,16 @@ def main() -> int:
         return 0
 
     def run_child(*argv) -> dict:
-        proc = subprocess.run([sys.executable, __file__, "--child", *map(str, argv)], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", *map(str, argv)], capture_output=True, text=True, check=True
+        )
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     gib = 2**30
-    lines = ["| size | t | baseline step | painta+rasg step | time ratio | baseline peak memory | painta+rasg peak memory | memory ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| size | t | baseline step | painta+rasg step | time ratio | baseline peak memory | painta+rasg peak memory | memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for size in args.sizes:
         timing = run_child("time", size, args.rounds, *args.timesteps)
         for t in args.timesteps:
@@ -152,7 +173,8 @@ def main() -> int:
             base, ours = memory["baseline"], memory["painta+rasg"]
             lines.append(
                 f"| {size} px | {t} | {timing[f'baseline@{t}']:.2f} s | {timing[f'painta+rasg@{t}']:.2f} s | {timing[f'ratio@{t}']:.2f}× "
-                f"| {base['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / base['peak_bytes']:.2f}× |")
+                f"| {base['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / base['peak_bytes']:.2f}× |"
+            )
             print(lines[-1], file=sys.stderr)
     print("\n".join(lines))
     return 0

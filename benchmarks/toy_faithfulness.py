@@ -28,8 +28,12 @@ import PIL.Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hdpainter.defaults import METHODS, RASG_SIGMAS, VANILLA_SCALE  # noqa: E402
-from hdpainter.defaults import EVAL_OPTIONS  # noqa: E402
+from hdpainter.defaults import (  # noqa: E402
+    EVAL_OPTIONS,  # noqa: E402
+    METHODS,
+    RASG_SIGMAS,
+    VANILLA_SCALE,
+)
 
 EVAL_RASG_ETA = EVAL_OPTIONS["rasg_eta"]  # the paper's evaluation
 from hdpainter.eval.stats import rate_interval, sign_test  # noqa: E402
@@ -97,8 +101,9 @@ def attention_ratio(pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt:
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         text = pipe.text_encoder(torch.tensor([ids]))[0]
         processors = pipe.unet.attn_processors
-        pipe.unet.set_attn_processor({name: probe if name.endswith("attn2.processor") else AttnProcessor2_0()
-                                      for name in processors})
+        pipe.unet.set_attn_processor(
+            {name: probe if name.endswith("attn2.processor") else AttnProcessor2_0() for name in processors}
+        )
         try:
             pipe.unet(torch.cat([noisy, small, masked_latents], 1), t, encoder_hidden_states=text)
         finally:
@@ -106,9 +111,18 @@ def attention_ratio(pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt:
     return {world.SIZE // side: float(np.mean(v)) for side, v in probe.ratios.items()}
 
 
-def run(cases: list[NeglectCase], scales: list[float], steps: int, model: str = "toy", methods=METHODS, progress=True,
-        rasg_eta: float = EVAL_RASG_ETA, rasg_sigma: str = "reference", vanilla_scale: float = VANILLA_SCALE,
-        batch: int = 12) -> list[dict]:
+def run(
+    cases: list[NeglectCase],
+    scales: list[float],
+    steps: int,
+    model: str = "toy",
+    methods=METHODS,
+    progress=True,
+    rasg_eta: float = EVAL_RASG_ETA,
+    rasg_sigma: str = "reference",
+    vanilla_scale: float = VANILLA_SCALE,
+    batch: int = 12,
+) -> list[dict]:
     """One row per (case, scale, method). Cases run in batches; each keeps its own seed (its index), so a row
     equals a single run of its case."""
     import torch
@@ -123,20 +137,41 @@ def run(cases: list[NeglectCase], scales: list[float], steps: int, model: str = 
     for scale in scales:
         for method in methods:
             for first in range(0, len(cases), batch):
-                chunk = cases[first:first + batch]
-                results = pipe([c.prompt for c in chunk], [c.image for c in chunk], [c.mask for c in chunk],
-                               method=method, num_inference_steps=steps, guidance_scale=scale, rasg_eta=rasg_eta,
-                               rasg_sigma=rasg_sigma, vanilla_scale=vanilla_scale, negative_prompt="",
-                               positive_prompt="", working_size=world.SIZE,
-                               generator=[torch.Generator().manual_seed(c.index) for c in chunk]).images
+                chunk = cases[first : first + batch]
+                results = pipe(
+                    [c.prompt for c in chunk],
+                    [c.image for c in chunk],
+                    [c.mask for c in chunk],
+                    method=method,
+                    num_inference_steps=steps,
+                    guidance_scale=scale,
+                    rasg_eta=rasg_eta,
+                    rasg_sigma=rasg_sigma,
+                    vanilla_scale=vanilla_scale,
+                    negative_prompt="",
+                    positive_prompt="",
+                    working_size=world.SIZE,
+                    generator=[torch.Generator().manual_seed(c.index) for c in chunk],
+                ).images
                 for case, result in zip(chunk, results):
                     color, shape = world.classify(result, case.mask)
                     ratio = attention_ratio(pipe, result, case.mask, case.prompt)
-                    rows.append({"case": case.index, "placement": case.placement, "prompt": case.prompt, "scale": scale,
-                                 "method": method, "found_color": color, "found_shape": shape,
-                                 "color": color == case.color, "shape": shape == case.shape,
-                                 "both": color == case.color and shape == case.shape,
-                                 "ratio16": ratio.get(16), "ratio32": ratio.get(32)})
+                    rows.append(
+                        {
+                            "case": case.index,
+                            "placement": case.placement,
+                            "prompt": case.prompt,
+                            "scale": scale,
+                            "method": method,
+                            "found_color": color,
+                            "found_shape": shape,
+                            "color": color == case.color,
+                            "shape": shape == case.shape,
+                            "both": color == case.color and shape == case.shape,
+                            "ratio16": ratio.get(16),
+                            "ratio32": ratio.get(32),
+                        }
+                    )
                 if progress:
                     done = len(rows)
                     eta = (time.perf_counter() - started) / done * (total - done)
@@ -159,12 +194,15 @@ def paired(rows: list[dict], method: str, reference: str = "baseline", key: str 
 
 def table(rows: list[dict], methods=METHODS) -> str:
     """The Markdown table: accuracy with Wilson 95 % intervals, and mean attention ratios, per method."""
+
     def pct(values):
         p, low, high = rate_interval(sum(values), len(values))
         return f"{100 * p:.0f} % ({100 * low:.0f}–{100 * high:.0f})"
 
-    lines = ["| method | colour | shape | both | both vs baseline: +/− (p) | attn in/out H/16 | attn in/out H/32 | n |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | colour | shape | both | both vs baseline: +/− (p) | attn in/out H/16 | attn in/out H/32 | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         if not mine:
@@ -174,13 +212,19 @@ def table(rows: list[dict], methods=METHODS) -> str:
         wins, losses, p = paired(rows, method)
         compared = method != "baseline" and any(r["method"] == "baseline" for r in rows)
         versus = f"+{wins} / −{losses} ({p:.2g})" if compared else "—"
-        lines.append(f"| {method} | {pct([r['color'] for r in mine])} | {pct([r['shape'] for r in mine])} | "
-                     f"{pct([r['both'] for r in mine])} | {versus} | {r16:.2f} | {r32:.2f} | {len(mine)} |")
+        lines.append(
+            f"| {method} | {pct([r['color'] for r in mine])} | {pct([r['shape'] for r in mine])} | "
+            f"{pct([r['both'] for r in mine])} | {versus} | {r16:.2f} | {r32:.2f} | {len(mine)} |"
+        )
     scales = sorted({r["scale"] for r in rows})
     placements = [p for p in PLACEMENTS if any(r["placement"] == p for r in rows)]
-    lines += ["", "Both right, by guidance scale and by placement:", "",
-              "| method | " + " | ".join(f"w={s:g}" for s in scales) + " | " + " | ".join(placements) + " |",
-              "|---|" + "---|" * (len(scales) + len(placements))]
+    lines += [
+        "",
+        "Both right, by guidance scale and by placement:",
+        "",
+        "| method | " + " | ".join(f"w={s:g}" for s in scales) + " | " + " | ".join(placements) + " |",
+        "|---|" + "---|" * (len(scales) + len(placements)),
+    ]
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         if not mine:
@@ -198,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--model", default="toy")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all five)")
-    parser.add_argument("--rasg-eta", type=float, default=EVAL_RASG_ETA, help=f"RASG's η (default {EVAL_RASG_ETA}, the paper's evaluation)")
+    parser.add_argument(
+        "--rasg-eta",
+        type=float,
+        default=EVAL_RASG_ETA,
+        help=f"RASG's η (default {EVAL_RASG_ETA}, the paper's evaluation)",
+    )
     parser.add_argument("--rasg-sigma", default="reference", choices=RASG_SIGMAS)
-    parser.add_argument("--vanilla-scale", type=float, default=VANILLA_SCALE, help=f"s of vanilla-guidance (default {VANILLA_SCALE:g})")
+    parser.add_argument(
+        "--vanilla-scale", type=float, default=VANILLA_SCALE, help=f"s of vanilla-guidance (default {VANILLA_SCALE:g})"
+    )
     parser.add_argument("--batch", type=int, default=12, help="cases per pipeline call")
     parser.add_argument("--out", default=None, help="folder for rows.json and table.md")
     args = parser.parse_args(argv)
@@ -213,11 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         parser.error(f"unknown method {unknown[0] if unknown else '(none)'!r}: use some of {', '.join(METHODS)}")
-    rows = run(cases, [float(s) for s in args.scales.split(",")], args.steps, model=args.model, methods=methods,
-               rasg_eta=args.rasg_eta, rasg_sigma=args.rasg_sigma, vanilla_scale=args.vanilla_scale, batch=args.batch)
+    rows = run(
+        cases,
+        [float(s) for s in args.scales.split(",")],
+        args.steps,
+        model=args.model,
+        methods=methods,
+        rasg_eta=args.rasg_eta,
+        rasg_sigma=args.rasg_sigma,
+        vanilla_scale=args.vanilla_scale,
+        batch=args.batch,
+    )
     markdown = table(rows, methods)
     print(markdown)
-    print(f"{len(rows)} generations in {time.perf_counter() - started:.0f} s ({args.steps} steps each)", file=sys.stderr)
+    print(
+        f"{len(rows)} generations in {time.perf_counter() - started:.0f} s ({args.steps} steps each)", file=sys.stderr
+    )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

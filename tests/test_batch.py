@@ -43,7 +43,9 @@ def run(capsys, *argv):
 def test_folder_batch_reports_bad_items_and_finishes_the_others(capsys, tmp_path, tiny_model_dir):
     folder = make_folder(tmp_path / "in", bad=("no mask", "broken"))
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, folder, "--output", out, "--prompt", "a red ball", "--model", tiny_model_dir, *FAST)
+    code, stdout, err = run(
+        capsys, folder, "--output", out, "--prompt", "a red ball", "--model", tiny_model_dir, *FAST
+    )
     assert code == 1  # some items failed
     assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "img2.png"]
     assert stdout.split() == [str(out / f"img{k}.png") for k in range(3)]
@@ -64,12 +66,16 @@ def test_manifest_rows_carry_their_own_prompt_and_seed(capsys, tmp_path, tiny_mo
     ]
     manifest = folder / f"list.{kind}"
     if kind == "csv":
-        lines = ["image,mask,prompt,seed"] + [f"{r['image']},{r['mask']},{r['prompt']},{r.get('seed', '')}" for r in rows]
+        lines = ["image,mask,prompt,seed"] + [
+            f"{r['image']},{r['mask']},{r['prompt']},{r.get('seed', '')}" for r in rows
+        ]
         manifest.write_text("\n".join(lines) + "\n")
     else:
         manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, manifest, "--output", out, "--prompt", "a cat", "--seed", "3", "--model", tiny_model_dir, *FAST)
+    code, stdout, err = run(
+        capsys, manifest, "--output", out, "--prompt", "a cat", "--seed", "3", "--model", tiny_model_dir, *FAST
+    )
     assert code == 1 and "failed: img2: row 3: image and mask are both needed" in err
     first, second = (json.loads(PIL.Image.open(out / f"img{k}.png").info["parameters"]) for k in (0, 1))
     assert (first["prompt"], first["seed"]) == ("a boat", 7)
@@ -82,8 +88,16 @@ def test_manifest_rows_may_carry_any_option_and_bad_cells_fail_their_row(capsys,
 
     folder = make_folder(tmp_path / "in", count=3)
     rows = [
-        {"image": "img0.png", "mask": "img0_mask.png", "prompt": "a boat", "method": "baseline", "mask_grow": 3,
-         "num_samples": 2, "guidance_scale": 1.0, "upscale": False},
+        {
+            "image": "img0.png",
+            "mask": "img0_mask.png",
+            "prompt": "a boat",
+            "method": "baseline",
+            "mask_grow": 3,
+            "num_samples": 2,
+            "guidance_scale": 1.0,
+            "upscale": False,
+        },
         {"image": "img1.png", "mask": "img1_mask.png", "prompt": "a cat", "steps": 0},
         {"image": "img2.png", "mask": "img2_mask.png", "prompt": "a dog", "colour": "red"},
     ]
@@ -96,11 +110,18 @@ def test_manifest_rows_may_carry_any_option_and_bad_cells_fail_their_row(capsys,
     painter = HDPainter.from_pretrained(str(tiny_model_dir), upscaler=None, device="cpu")
     options = {k: v for k, v in rows[0].items() if k not in ("image", "mask")}  # the row's own, over the flags
     request = InpaintRequest.from_options({"steps": 2, "working_size": 64, "sr_method": "bicubic"} | options)
-    want = painter(PIL.Image.open(folder / "img0.png"), PIL.Image.open(folder / "img0_mask.png"), request, progress=False)
+    want = painter(
+        PIL.Image.open(folder / "img0.png"), PIL.Image.open(folder / "img0_mask.png"), request, progress=False
+    )
     for k in (1, 2):
         with PIL.Image.open(tmp_path / "out" / f"img0-{k}.png") as saved:
             params = json.loads(saved.info["parameters"])
-            assert (params["mask_grow"], params["guidance_scale"], params["upscale"], params["sample"]) == (3, 1.0, False, k)
+            assert (params["mask_grow"], params["guidance_scale"], params["upscale"], params["sample"]) == (
+                3,
+                1.0,
+                False,
+                k,
+            )
             assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(want[k - 1]))
 
 
@@ -122,11 +143,31 @@ def test_rerun_redoes_exactly_the_missing_items(capsys, tmp_path, tiny_model_dir
         assert (out / name).stat().st_mtime_ns == stamps[name]
 
 
+@pytest.mark.slow
 def test_a_killed_batch_leaves_no_corrupt_output_and_resumes(tmp_path, tiny_model_dir):
     folder = make_folder(tmp_path / "in", count=6)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "hdpainter.cli", "batch", str(folder), "--output", str(out), "--prompt", "a red ball",
-            "--model", str(tiny_model_dir), "--steps", "12", "--working-size", "64", "--sr-method", "bicubic", "--device", "cpu"]
+    argv = [
+        sys.executable,
+        "-m",
+        "hdpainter.cli",
+        "batch",
+        str(folder),
+        "--output",
+        str(out),
+        "--prompt",
+        "a red ball",
+        "--model",
+        str(tiny_model_dir),
+        "--steps",
+        "12",
+        "--working-size",
+        "64",
+        "--sr-method",
+        "bicubic",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not any(out.glob("img*.png")):
@@ -146,14 +187,35 @@ def test_a_killed_batch_leaves_no_corrupt_output_and_resumes(tmp_path, tiny_mode
     assert f"{len(done)} already done" in finished.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_items_and_write_each_once(tmp_path, tiny_model_dir):
     folder = make_folder(tmp_path / "in")
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hdpainter.cli",
-         "batch", str(folder), "--output", str(out), "--prompt", "a red ball", "--model", str(tiny_model_dir), *FAST],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hdpainter.cli",
+            "batch",
+            str(folder),
+            "--output",
+            str(out),
+            "--prompt",
+            "a red ball",
+            "--model",
+            str(tiny_model_dir),
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = proc.stdout.split()
@@ -162,11 +224,14 @@ def test_two_processes_split_the_items_and_write_each_once(tmp_path, tiny_model_
     assert "batch: 5 written, 0 already done, 0 failed, of 5" in proc.stderr
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no prompt", "a folder batch needs --prompt"),
-    ("duplicate names", "would both write img0.png"),
-    ("missing input", "batch input not found"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no prompt", "a folder batch needs --prompt"),
+        ("duplicate names", "would both write img0.png"),
+        ("missing input", "batch input not found"),
+    ],
+)
 def test_batch_input_mistakes_are_one_line(capsys, tmp_path, case, message):
     folder = make_folder(tmp_path / "in", count=2)
     source, extra = folder, ["--prompt", "x"]

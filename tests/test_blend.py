@@ -110,8 +110,12 @@ def test_a_large_dilation_at_the_border_does_not_shift_the_paste(side):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (150, 201, 3), dtype=np.uint8)
     mask = np.zeros((150, 201), bool)
-    region = {"left": (slice(40, 90), slice(0, 31)), "right": (slice(40, 91), slice(170, 201)),
-              "top": (slice(0, 30), slice(60, 121)), "bottom": (slice(121, 150), slice(60, 120))}[side]
+    region = {
+        "left": (slice(40, 90), slice(0, 31)),
+        "right": (slice(40, 91), slice(170, 201)),
+        "top": (slice(0, 30), slice(60, 121)),
+        "bottom": (slice(121, 150), slice(60, 120)),
+    }[side]
     mask[region] = True
     for width in (0, 1):  # both parities of the box
         if width:

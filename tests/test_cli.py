@@ -29,6 +29,7 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_subprocess_run_keeps_size_metadata_and_known_pixels(tmp_path, tiny_model_dir):
     """A real process, as a user runs it: odd-sized RGBA input, two samples."""
     rng = np.random.default_rng(0)
@@ -40,9 +41,28 @@ def test_subprocess_run_keeps_size_metadata_and_known_pixels(tmp_path, tiny_mode
     PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "hdpainter.cli", "inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
-         "--prompt", "a red boat", "--output", str(out), "--model", str(tiny_model_dir), "--num-samples", "2", *STEPS],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "hdpainter.cli",
+            "inpaint",
+            "--image",
+            str(tmp_path / "in.png"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--prompt",
+            "a red boat",
+            "--output",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "--num-samples",
+            "2",
+            *STEPS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     paths = [tmp_path / "out-1.png", tmp_path / "out-2.png"]
@@ -68,8 +88,21 @@ def test_greyscale_and_16_bit_inputs(capsys, tmp_path, tiny_model_dir, photo, mo
     image = PIL.Image.fromarray(grey.astype(np.uint16) * 257) if mode == "I;16" else PIL.Image.fromarray(grey)
     image.save(tmp_path / "grey.png")
     photo[1].save(tmp_path / "mask.png")
-    code, out, err = run_cli(capsys, "inpaint", "--image", str(tmp_path / "grey.png"), "--mask", str(tmp_path / "mask.png"),
-                             "--prompt", "a cat", "--output", str(tmp_path / "o.png"), "--model", str(tiny_model_dir), *STEPS)
+    code, out, err = run_cli(
+        capsys,
+        "inpaint",
+        "--image",
+        str(tmp_path / "grey.png"),
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--prompt",
+        "a cat",
+        "--output",
+        str(tmp_path / "o.png"),
+        "--model",
+        str(tiny_model_dir),
+        *STEPS,
+    )
     assert code == 0, err
     result = np.asarray(PIL.Image.open(tmp_path / "o.png"))
     assert result.shape == (256, 256, 3)
@@ -129,23 +162,58 @@ def test_bad_input_gives_one_line_and_no_file(capsys, files, tiny_model_dir, cas
         steps = [*steps, "--mask-feather", "-2"]
     if case == "unknown upscaler":
         steps = [*steps, "--upscaler", "nonsense", "--working-size", "128"]  # 256 px > 128: stage 2 needs the upscaler
-    code, stdout, err = run_cli(capsys, "inpaint", "--image", str(image), "--mask", str(mask), "--prompt", "a boat",
-                                "--output", str(out), "--model", model, *steps)
+    code, stdout, err = run_cli(
+        capsys,
+        "inpaint",
+        "--image",
+        str(image),
+        "--mask",
+        str(mask),
+        "--prompt",
+        "a boat",
+        "--output",
+        str(out),
+        "--model",
+        model,
+        *steps,
+    )
     assert code == 2
     assert err.startswith("hdpainter: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() and not any(p.name.startswith(".out") for p in files.iterdir())
 
 
+@pytest.mark.slow
 def test_offline_hub_model_suggests_a_local_folder(files):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(files / "hf-home"))
     proc = subprocess.run(
-        [sys.executable, "-m", "hdpainter.cli", "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
-         "--prompt", "a boat", "--output", str(files / "out.png"), "--model", "sd2", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "hdpainter.cli",
+            "inpaint",
+            "--image",
+            str(files / "image.png"),
+            "--mask",
+            str(files / "mask.png"),
+            "--prompt",
+            "a boat",
+            "--output",
+            str(files / "out.png"),
+            "--model",
+            "sd2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("hdpainter: error: model 'sd2' (stabilityai/stable-diffusion-2-inpainting) is not in the local cache")
+    assert proc.stderr.startswith(
+        "hdpainter: error: model 'sd2' (stabilityai/stable-diffusion-2-inpainting) is not in the local cache"
+    )
     assert "--model DIR" in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not (files / "out.png").exists()
 
@@ -153,22 +221,57 @@ def test_offline_hub_model_suggests_a_local_folder(files):
 def test_empty_mask_writes_the_input_unchanged_and_says_so(capsys, files):
     PIL.Image.new("L", (256, 256), 0).save(files / "mask.png")
     out = files / "out.png"
-    code, stdout, err = run_cli(capsys, "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
-                                "--prompt", "a boat", "--output", str(out), "--model", "nonsense-never-loaded")
+    code, stdout, err = run_cli(
+        capsys,
+        "inpaint",
+        "--image",
+        str(files / "image.png"),
+        "--mask",
+        str(files / "mask.png"),
+        "--prompt",
+        "a boat",
+        "--output",
+        str(out),
+        "--model",
+        "nonsense-never-loaded",
+    )
     assert code == 0 and "mask is empty" in err and stdout.split() == [str(out)]
     assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(files / "image.png")))
 
 
+@pytest.mark.slow
 def test_offline_upscaler_is_a_clear_error_before_any_work(files, tiny_model_dir):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(files / "hf-home"))
     proc = subprocess.run(
-        [sys.executable, "-m", "hdpainter.cli", "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
-         "--prompt", "a boat", "--output", str(files / "out.png"), "--model", str(tiny_model_dir), "--working-size", "128",
-         "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "hdpainter.cli",
+            "inpaint",
+            "--image",
+            str(files / "image.png"),
+            "--mask",
+            str(files / "mask.png"),
+            "--prompt",
+            "a boat",
+            "--output",
+            str(files / "out.png"),
+            "--model",
+            str(tiny_model_dir),
+            "--working-size",
+            "128",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("hdpainter: error: model 'x4' (stabilityai/stable-diffusion-x4-upscaler) is not in the local cache")
+    assert proc.stderr.startswith(
+        "hdpainter: error: model 'x4' (stabilityai/stable-diffusion-x4-upscaler) is not in the local cache"
+    )
     assert "--upscaler DIR" in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not (files / "out.png").exists()
 
@@ -176,13 +279,35 @@ def test_offline_upscaler_is_a_clear_error_before_any_work(files, tiny_model_dir
 def test_stage2_run_with_the_tiny_upscaler(capsys, files, tiny_model_dir, tiny_upscaler_dir):
     """256 px photo at a 128 px working size: stage 1, ×4 specialised SR on a crop, resize to 256, Poisson blend."""
     out = files / "out.png"
-    code, stdout, err = run_cli(capsys, "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
-                                "--prompt", "a boat", "--output", str(out), "--model", str(tiny_model_dir),
-                                "--upscaler", str(tiny_upscaler_dir), "--working-size", "128", "--sr-steps", "2", *STEPS)
+    code, stdout, err = run_cli(
+        capsys,
+        "inpaint",
+        "--image",
+        str(files / "image.png"),
+        "--mask",
+        str(files / "mask.png"),
+        "--prompt",
+        "a boat",
+        "--output",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--upscaler",
+        str(tiny_upscaler_dir),
+        "--working-size",
+        "128",
+        "--sr-steps",
+        "2",
+        *STEPS,
+    )
     assert code == 0, err
     result = PIL.Image.open(out)
     params = json.loads(result.info["parameters"])
-    assert params["sr_method"] == "specialized" and params["sr_steps"] == 2 and params["upscaler"] == str(tiny_upscaler_dir)
+    assert (
+        params["sr_method"] == "specialized"
+        and params["sr_steps"] == 2
+        and params["upscaler"] == str(tiny_upscaler_dir)
+    )
     original, pixels = np.asarray(PIL.Image.open(files / "image.png")), np.asarray(result)
     assert pixels.shape == original.shape
     from hdpainter.core.blend import blend_region
@@ -217,7 +342,9 @@ def test_models_lists_short_names_and_what_the_local_cache_holds(tmp_path):
     (repo / "snapshots" / "0123abcd" / "model_index.json").write_text("{}")
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run([sys.executable, "-m", "hdpainter.cli", "models"], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hdpainter.cli", "models"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     assert "stabilityai/stable-diffusion-2-inpainting" in lines["sd2"] and lines["sd2"].rstrip().endswith("yes")
@@ -230,7 +357,17 @@ def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
     picture = np.full((40, 60, 3), 90, np.uint8)
     picture[10:20, 10:30] = (255, 0, 0)
     PIL.Image.fromarray(picture).save(tmp_path / "painted.png")
-    base = ["inpaint", "--image", "x.png", "--mask", str(tmp_path / "painted.png"), "--prompt", "p", "--output", "o.png"]
+    base = [
+        "inpaint",
+        "--image",
+        "x.png",
+        "--mask",
+        str(tmp_path / "painted.png"),
+        "--prompt",
+        "p",
+        "--output",
+        "o.png",
+    ]
     red = np.zeros((40, 60), bool)
     red[10:20, 10:30] = True
     args = cli._parser().parse_args([*base, "--mask-color", "255,0,0"])
@@ -244,15 +381,18 @@ def test_mask_conveniences_apply_colour_then_invert_then_grow(tmp_path):
     assert cli.make_request(args, "p").mask_feather == 4
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["--model", "/no/such/folder"], "model path not found"),
-    (["--lan", "--host", "10.0.0.1"], "give --host or --lan, not both"),
-    (["--port", "70000"], "--port must be in 1..65535"),
-    (["--max-upload-mb", "0"], "--max-upload-mb must be at least 1"),
-    (["--upscaler", "nope"], "unknown model 'nope'"),
-    (["--working-size", "50"], "--working-size must be in 64..2048"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", "/no/such/folder"], "model path not found"),
+        (["--lan", "--host", "10.0.0.1"], "give --host or --lan, not both"),
+        (["--port", "70000"], "--port must be in 1..65535"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be at least 1"),
+        (["--upscaler", "nope"], "unknown model 'nope'"),
+        (["--working-size", "50"], "--working-size must be in 64..2048"),
+    ],
+)
 def test_ui_bad_options_are_one_line_before_any_loading(capsys, tiny_model_dir, extra, message):
     import socket
 
@@ -275,8 +415,15 @@ def test_ui_port_in_use_is_one_line_before_any_loading(capsys, tiny_model_dir):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, out, err = run_cli(capsys, "ui", "--model", str(tiny_model_dir), "--upscaler", "none", "--port", str(port))
-    assert code == 2 and err == f"hdpainter: error: cannot listen on 127.0.0.1:{port}: the port is in use; choose another with --port or --host\n"
+        code, out, err = run_cli(
+            capsys, "ui", "--model", str(tiny_model_dir), "--upscaler", "none", "--port", str(port)
+        )
+    assert (
+        code == 2
+        and err
+        == f"hdpainter: error: cannot listen on 127.0.0.1:{port}: the port is in use; "
+        "choose another with --port or --host\n"
+    )
 
 
 def test_vanilla_guidance_ablation_from_the_command_line(capsys, files, tiny_model_dir):
@@ -285,9 +432,27 @@ def test_vanilla_guidance_ablation_from_the_command_line(capsys, files, tiny_mod
     outputs = {}
     for method, scale in (("baseline", "0"), ("vanilla-guidance", "0"), ("vanilla-guidance", "30000")):
         out = files / f"{method}-{scale}.png"
-        code, _, err = run_cli(capsys, "inpaint", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
-                               "--prompt", "a boat", "--output", str(out), "--model", str(tiny_model_dir), "--method", method,
-                               "--vanilla-scale", scale, "--working-size", "256", *STEPS)
+        code, _, err = run_cli(
+            capsys,
+            "inpaint",
+            "--image",
+            str(files / "image.png"),
+            "--mask",
+            str(files / "mask.png"),
+            "--prompt",
+            "a boat",
+            "--output",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "--method",
+            method,
+            "--vanilla-scale",
+            scale,
+            "--working-size",
+            "256",
+            *STEPS,
+        )
         assert code == 0, err
         params = json.loads(PIL.Image.open(out).info["parameters"])
         assert params["method"] == method and params["vanilla_scale"] == float(scale)

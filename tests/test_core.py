@@ -82,7 +82,9 @@ def test_token_relevance_against_hand_computation():
     for b in range(2):
         s = probs[b][:, token_mask[b]].sum(-1).reshape(h, w).numpy()
         padded = np.pad(s, 1)
-        smooth = np.array([[(padded[i : i + 3, j : j + 3] * kernel).sum() for j in range(w)] for i in range(h)]).ravel()
+        smooth = np.array(
+            [[(padded[i : i + 3, j : j + 3] * kernel).sum() for j in range(w)] for i in range(h)]
+        ).ravel()
         lower_median = np.sort(smooth)[(smooth.size - 1) // 2]  # torch.median: the lower of the two middles
         expected = np.clip((smooth - lower_median) / smooth.max(), 0, 1)
         np.testing.assert_allclose(got[b].numpy(), expected, rtol=1e-10, atol=1e-12)
@@ -184,7 +186,10 @@ def test_ddim_step_formulas():
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_split_prediction_recovers_x0_and_eps(kind):
     g = torch.Generator().manual_seed(5)
-    x0, eps = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64), torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64),
+        torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64),
+    )
     a = 0.42
     x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
     output = {"epsilon": eps, "v_prediction": math.sqrt(a) * eps - math.sqrt(1 - a) * x0, "sample": x0}[kind]
@@ -231,7 +236,11 @@ def test_rasg_step_is_eq9_with_the_normalised_negative_gradient():
     for b in range(2):
         flat = -grad[b].flatten()
         std = math.sqrt(((flat - flat.mean()) ** 2).sum().item() / (flat.numel() - 1))
-        want = math.sqrt(ab_prev) * x0[b] + math.sqrt(1 - ab_prev - (eta * sigma) ** 2) * eps[b] - eta * sigma * grad[b] / std
+        want = (
+            math.sqrt(ab_prev) * x0[b]
+            + math.sqrt(1 - ab_prev - (eta * sigma) ** 2) * eps[b]
+            - eta * sigma * grad[b] / std
+        )
         torch.testing.assert_close(out[b], want)
     # by hand: one sample, ∇L = (1, −1): std √2, g = (−1, 1)/√2
     hand = rasg_step(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), 0.5, 1.0, 0.5)
@@ -251,10 +260,16 @@ def test_the_sampler_over_a_closed_form_model_is_the_ddim_recursion():
 
     seen = []
     x_t = torch.tensor([[1.0, -2.0]])
-    out = sample(model, x_t, timesteps, alpha_bar, noise=lambda pred, t, t_prev: (0.1, direction),
-                 callback=lambda i, t, x, pred: seen.append((i, t)) or x * 2)
+    out = sample(
+        model,
+        x_t,
+        timesteps,
+        alpha_bar,
+        noise=lambda pred, t, t_prev: (0.1, direction),
+        callback=lambda i, t, x, pred: seen.append((i, t)) or x * 2,
+    )
     x = x_t.clone()
-    for i, t in enumerate(timesteps):
+    for i in range(len(timesteps)):
         x0, eps = 0.5 * x, x + i
         if i == len(timesteps) - 1:
             x = x0 * 2

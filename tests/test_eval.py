@@ -13,12 +13,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.cocofake import make_coco, polygon_area_mask
 from hdpainter import cli
 from hdpainter.errors import HDPainterError
 from hdpainter.eval import metrics as M
 from hdpainter.eval.coco import Coco, Pair, Sample, instance_mask, mask_box, read_pairs, sample_pairs, square_crop
 from hdpainter.eval.stats import mean_interval, rate_interval
+from tests.cocofake import make_coco, polygon_area_mask
 
 REFERENCE_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "mscoco_testset_10000.csv"
 
@@ -50,8 +50,11 @@ def test_pairs_index_sorted_image_ids_and_polygon_annotations_in_file_order(coco
     assert coco.all_pairs() == [Pair(1, 0), Pair(1, 1), Pair(2, 0), Pair(2, 1), Pair(3, 0)]
     assert coco.sample(Pair(1, 1), size=128).prompt == "boat"
     assert coco.sample(Pair(2, 1), size=128).prompt == "cat"
-    for bad, message in ((Pair(4, 0), "image_idx 4 is out of 0..3"), (Pair(0, 0), "segment_idx 0 is out of 0..-1"),
-                         (Pair(1, 2), "segment_idx 2 is out of 0..1")):
+    for bad, message in (
+        (Pair(4, 0), "image_idx 4 is out of 0..3"),
+        (Pair(0, 0), "segment_idx 0 is out of 0..-1"),
+        (Pair(1, 2), "segment_idx 2 is out of 0..1"),
+    ):
         with pytest.raises(HDPainterError, match=message.replace(".", r"\.")):
             coco.check(bad)
 
@@ -125,7 +128,9 @@ def test_box_and_square_crop_geometry():
     mask[14, 7] = 3  # a faint soft-edge pixel counts
     assert mask_box(PIL.Image.fromarray(mask)) == (5, 10, 15, 15)
     image = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3) | 1  # no zero pixels of its own
-    crop = np.asarray(square_crop(PIL.Image.fromarray(image), (5, 10, 15, 15), size=10))  # 10x5 box: pad 2 above, 3 below
+    crop = np.asarray(
+        square_crop(PIL.Image.fromarray(image), (5, 10, 15, 15), size=10)
+    )  # 10x5 box: pad 2 above, 3 below
     assert np.array_equal(crop[2:7], image[10:15, 5:15])
     assert not crop[:2].any() and not crop[7:].any()
     import cv2
@@ -182,10 +187,14 @@ def test_clip_score_is_100_max_cos_0_on_the_padded_box(stand_ins):
     model, processor = CLIPModel.from_pretrained(stand_ins / "clip"), CLIPProcessor.from_pretrained(stand_ins / "clip")
     sample = tiny_sample(0)
     sample.prompt = "cat"
-    results = {"photo": sample.image} | {c: PIL.Image.new("RGB", sample.image.size, c) for c in ("red", "green", "blue")}
+    results = {"photo": sample.image} | {
+        c: PIL.Image.new("RGB", sample.image.size, c) for c in ("red", "green", "blue")
+    }
     got = metric.score(sample, results)
     crops = [square_crop(x, mask_box(sample.mask), 224) for x in results.values()]
-    cos = (reference_features(model, processor, images=crops) @ reference_features(model, processor, text=["cat"]).T)[:, 0]
+    cos = (reference_features(model, processor, images=crops) @ reference_features(model, processor, text=["cat"]).T)[
+        :, 0
+    ]
     for method, c in zip(results, cos.tolist()):
         assert got[method] == pytest.approx(100 * max(c, 0.0), abs=1e-4)
     assert min(cos.tolist()) < 0 and max(cos.tolist()) > 0
@@ -246,7 +255,9 @@ def test_accuracy_counts_the_prompts_class_in_the_box(stand_ins):
     real.load("cpu")
     names = real.detect(sample.image)
     assert names and set(names) <= {"person", "boat", "cat", "dog"}
-    assert real.score_one(sample, sample.image) == (1.0 if "dog" in real.detect(sample.image.crop((30, 20, 90, 60))) else 0.0)
+    assert real.score_one(sample, sample.image) == (
+        1.0 if "dog" in real.detect(sample.image.crop((30, 20, 90, 60))) else 0.0
+    )
 
 
 def test_known_region_psnr_by_hand():
@@ -272,11 +283,34 @@ def test_unknown_metric_and_missing_lpips_are_clear():
 
 
 def eval_args(coco_dir, out, model, stand_ins, *extra):
-    return ["eval", "--coco", str(coco_dir), "--out", str(out), "--model", str(model), "--size", "64", "--steps", "2",
-            "--clip-model", str(stand_ins / "clip"), "--detector", str(stand_ins / "detector"),
-            "--pickscore-model", str(stand_ins / "pick"), "--pickscore-processor", str(stand_ins / "clip"),
-            "--aesthetic-clip", str(stand_ins / "clip"), "--aesthetic-head", f"{stand_ins / 'aesthetic'}:head.pth",
-            "--device", "cpu", *extra]
+    return [
+        "eval",
+        "--coco",
+        str(coco_dir),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--clip-model",
+        str(stand_ins / "clip"),
+        "--detector",
+        str(stand_ins / "detector"),
+        "--pickscore-model",
+        str(stand_ins / "pick"),
+        "--pickscore-processor",
+        str(stand_ins / "clip"),
+        "--aesthetic-clip",
+        str(stand_ins / "clip"),
+        "--aesthetic-head",
+        f"{stand_ins / 'aesthetic'}:head.pth",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def read_table(out):
@@ -309,7 +343,10 @@ def test_eval_end_to_end_resumes_and_tabulates(capsys, coco_dir, tiny_model_dir,
     assert PIL.Image.open(out / "contact_sheet.png").size[0] == 192 * 3
 
     # resume: a lost result and a lost score file are redone, nothing else is touched
-    lost_result, lost_score = out / "results" / "rasg" / f"{pairs[1].name}.png", out / "scores" / f"{pairs[2].name}.json"
+    lost_result, lost_score = (
+        out / "results" / "rasg" / f"{pairs[1].name}.png",
+        out / "scores" / f"{pairs[2].name}.json",
+    )
     lost_result.unlink()
     lost_score.unlink()
     kept = {p: p.stat().st_mtime_ns for p in results if p != lost_result}
@@ -318,22 +355,47 @@ def test_eval_end_to_end_resumes_and_tabulates(capsys, coco_dir, tiny_model_dir,
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     assert read_table(out) == table  # the same numbers (generation is deterministic)
     # another method later: only its results and scores are added
-    assert cli.main(eval_args(coco_dir, out, tiny_model_dir, stand_ins, "--sample", "4", "--methods", "baseline,rasg,painta")) == 0
+    assert (
+        cli.main(
+            eval_args(coco_dir, out, tiny_model_dir, stand_ins, "--sample", "4", "--methods", "baseline,rasg,painta")
+        )
+        == 0
+    )
     assert len(list(out.glob("results/painta/*.png"))) == 4
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     assert float(read_table(out)[("rasg", "clip")]["mean"]) == float(table[("rasg", "clip")]["mean"])
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_pairs_and_rank_0_merges(coco_dir, tiny_model_dir, stand_ins, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     common = ["--sample", "5", "--methods", "baseline,painta+rasg", "--contact-sheet", "0"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}  # the same arithmetic in both runs
-    alone = subprocess.run([sys.executable, "-m", "hdpainter.cli", *eval_args(coco_dir, single, tiny_model_dir, stand_ins, *common)],
-                           capture_output=True, text=True, env=env, timeout=600)
+    alone = subprocess.run(
+        [sys.executable, "-m", "hdpainter.cli", *eval_args(coco_dir, single, tiny_model_dir, stand_ins, *common)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "hdpainter.cli", *eval_args(coco_dir, double, tiny_model_dir, stand_ins, *common)],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "hdpainter.cli",
+            *eval_args(coco_dir, double, tiny_model_dir, stand_ins, *common),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     # each process generated its own share: 3 pairs on rank 0, 2 on rank 1, together every pair once
     assert "generate (rank 0/2): 100%" in run.stderr and "| 3/3" in run.stderr and "| 2/2" in run.stderr
@@ -348,19 +410,27 @@ def test_two_processes_split_the_pairs_and_rank_0_merges(coco_dir, tiny_model_di
         assert float(a[key]["mean"]) == pytest.approx(float(b[key]["mean"]), abs=1e-5)
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--coco", "/no/such/coco"], "instances_val2017.json not found"),
-    (["--methods", "baseline,magic"], "unknown method 'magic'"),
-    (["--metrics", "clip,fid"], "unknown metric 'fid'"),
-    (["--pick-reference", "rasg", "--methods", "baseline"], "--pick-reference 'rasg' is not among --methods"),
-    (["--limit", "0"], "--limit must be at least 1"),
-    (["--sample", "50"], "only 5 polygon instances"),
-    (["--pairs", "PAIRS"], "image_idx 99 is out of 0..3"),
-    (["--clip-model", "/no/such/clip"], "--clip-model /no/such/clip: /no/such/clip/config.json not found"),
-    (["--detector", "openai/some-detector", "--local-files-only"],
-     "--detector openai/some-detector is not in the local hub cache and the hub may not be used"),
-    (["--aesthetic-head", "camenduru/improved-aesthetic-predictor:head.pth", "--local-files-only"], "--aesthetic-head camenduru"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--coco", "/no/such/coco"], "instances_val2017.json not found"),
+        (["--methods", "baseline,magic"], "unknown method 'magic'"),
+        (["--metrics", "clip,fid"], "unknown metric 'fid'"),
+        (["--pick-reference", "rasg", "--methods", "baseline"], "--pick-reference 'rasg' is not among --methods"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--sample", "50"], "only 5 polygon instances"),
+        (["--pairs", "PAIRS"], "image_idx 99 is out of 0..3"),
+        (["--clip-model", "/no/such/clip"], "--clip-model /no/such/clip: /no/such/clip/config.json not found"),
+        (
+            ["--detector", "openai/some-detector", "--local-files-only"],
+            "--detector openai/some-detector is not in the local hub cache and the hub may not be used",
+        ),
+        (
+            ["--aesthetic-head", "camenduru/improved-aesthetic-predictor:head.pth", "--local-files-only"],
+            "--aesthetic-head camenduru",
+        ),
+    ],
+)
 def test_bad_eval_input_is_one_line(capsys, coco_dir, tiny_model_dir, stand_ins, tmp_path, change, message):
     (tmp_path / "pairs.csv").write_text("image_idx,segment_idx\n1,0\n99,0\n")
     change = [str(tmp_path / "pairs.csv") if c == "PAIRS" else c for c in change]

@@ -48,7 +48,10 @@ def test_rgba_and_greyscale_images_become_rgb():
     assert np.asarray(imgs.to_rgb(grey))[0, 0].tolist() == [77, 77, 77]
 
 
-@pytest.mark.parametrize("size, expected", [((2048, 1365), (512, 341)), ((300, 200), (512, 341)), ((1000, 1000), (512, 512)), ((333, 999), (170, 512))])
+@pytest.mark.parametrize(
+    "size, expected",
+    [((2048, 1365), (512, 341)), ((300, 200), (512, 341)), ((1000, 1000), (512, 512)), ((333, 999), (170, 512))],
+)
 def test_working_size_follows_the_reference_resize(size, expected):
     w, h = size
     assert imgs.working_size(size) == expected == (min(512, int(512 * w / h)), min(512, int(512 * h / w)))
@@ -158,13 +161,13 @@ def test_feather_is_a_truncated_gaussian_across_the_edge(pixels):
     alpha = imgs.feather_alpha(PIL.Image.fromarray(binary.astype(np.uint8) * 255), pixels)
     # explicit: separable Gaussian weights, σ = pixels / 3, over ±pixels, replicated borders
     offsets = np.arange(-pixels, pixels + 1)
-    g = np.exp(-offsets**2 / (2 * (pixels / 3) ** 2))
+    g = np.exp(-(offsets**2) / (2 * (pixels / 3) ** 2))
     g /= g.sum()
     padded = np.pad(binary.astype(np.float64), pixels, mode="edge")
     want = np.zeros(binary.shape)
     for dy, wy in zip(offsets, g):
         for dx, wx in zip(offsets, g):
-            want += wy * wx * padded[pixels + dy:pixels + dy + 30, pixels + dx:pixels + dx + 40]
+            want += wy * wx * padded[pixels + dy : pixels + dy + 30, pixels + dx : pixels + dx + 40]
     np.testing.assert_allclose(alpha, want, atol=1e-6)
     # farther than `pixels` from the edge: exactly the mask
     from scipy.ndimage import binary_dilation, binary_erosion
@@ -173,7 +176,9 @@ def test_feather_is_a_truncated_gaussian_across_the_edge(pixels):
     far_out = ~binary_dilation(binary, square)
     far_in = binary_erosion(np.pad(binary, pixels, mode="edge"), square)[pixels:-pixels, pixels:-pixels]
     assert np.all(alpha[far_out] == 0) and np.allclose(alpha[far_in], 1.0, atol=1e-12)
-    assert np.array_equal(imgs.feather_alpha(PIL.Image.fromarray(binary.astype(np.uint8) * 255), 0), binary.astype(float))
+    assert np.array_equal(
+        imgs.feather_alpha(PIL.Image.fromarray(binary.astype(np.uint8) * 255), 0), binary.astype(float)
+    )
 
 
 def test_feather_paste_mixes_by_the_alpha():
@@ -181,7 +186,9 @@ def test_feather_paste_mixes_by_the_alpha():
     a, b = (rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2))
     mask = np.zeros((20, 24), np.uint8)
     mask[5:15, 6:18] = 255
-    out = np.asarray(imgs.feather_paste(PIL.Image.fromarray(a), PIL.Image.fromarray(b), PIL.Image.fromarray(mask), 3), int)
+    out = np.asarray(
+        imgs.feather_paste(PIL.Image.fromarray(a), PIL.Image.fromarray(b), PIL.Image.fromarray(mask), 3), int
+    )
     alpha = imgs.feather_alpha(PIL.Image.fromarray(mask), 3)[..., None]
     want = np.floor(a + alpha * (b.astype(float) - a) + 0.5)
     assert np.abs(out - want).max() == 0

@@ -31,11 +31,17 @@ def test_unreachable_hub_suggests_a_local_folder(monkeypatch, kind):
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    inner = {"local entry": LocalEntryNotFoundError("cache miss"), "offline mode": OfflineModeIsEnabled("off"),
-             "dns": socket.gaierror(-2, "Name or service not known"), "connection": ConnectionRefusedError()}[kind]
+    inner = {
+        "local entry": LocalEntryNotFoundError("cache miss"),
+        "offline mode": OfflineModeIsEnabled("off"),
+        "dns": socket.gaierror(-2, "Name or service not known"),
+        "connection": ConnectionRefusedError(),
+    }[kind]
     line = load_error("sd2", SOURCE, chained(OSError("Cannot load model"), inner), "--upscaler")
-    assert line == (f"model 'sd2' ({SOURCE}) is not in the local cache and cannot be downloaded (offline?): "
-                    "download it on a connected machine or pass a local folder with --upscaler DIR")
+    assert line == (
+        f"model 'sd2' ({SOURCE}) is not in the local cache and cannot be downloaded (offline?): "
+        "download it on a connected machine or pass a local folder with --upscaler DIR"
+    )
 
 
 def test_missing_and_gated_repositories_are_told_apart():
@@ -43,7 +49,9 @@ def test_missing_and_gated_repositories_are_told_apart():
 
     missing = RepositoryNotFoundError("404", response=hub_response(404))
     gated = GatedRepoError("403", response=hub_response(403))  # a subclass of RepositoryNotFoundError
-    assert load_error("org/x", "org/x", chained(OSError("x"), missing)).startswith("model 'org/x' not found on the hub")
+    assert load_error("org/x", "org/x", chained(OSError("x"), missing)).startswith(
+        "model 'org/x' not found on the hub"
+    )
     assert "is gated on the hub" in load_error("org/x", "org/x", chained(OSError("x"), gated))
 
 

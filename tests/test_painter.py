@@ -25,8 +25,9 @@ def painter(pipe, tiny_upscaler_dir):
 
 def request(**kw):
     """A request from option keys (as the CLI spells them): baseline, 2 + 2 steps, the small working size."""
-    return InpaintRequest.from_options(dict(prompt="a red ball", method="baseline", steps=2, sr_steps=2,
-                                            working_size=WORKING) | kw)
+    return InpaintRequest.from_options(
+        dict(prompt="a red ball", method="baseline", steps=2, sr_steps=2, working_size=WORKING) | kw
+    )
 
 
 def photo_and_mask(size, box):
@@ -82,7 +83,7 @@ def test_blend_dilation_scales_the_references_48_at_2048():
 
 @pytest.mark.parametrize("box", [(60, 40, 110, 80), (0, 50, 40, 120), (140, 0, 181, 30)])
 def test_bicubic_stage2_equals_a_full_image_resize_and_poisson_blend(box):
-    """The window arithmetic changes nothing: same as resizing the whole stage-1 result and blending the whole image."""
+    """The window arithmetic changes nothing: the same as resizing the whole stage-1 result and blending it all."""
     image, mask = photo_and_mask((181, 133), box)
     low_res = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     out = finish(image, mask, low_res, request(sr_method="bicubic"))
@@ -98,7 +99,8 @@ def whole_resize(array, size):
 @pytest.mark.parametrize("size", [(517, 300), (2900, 1700), (1023, 601), (64, 48)])
 def test_our_bicubic_resize_is_pils_up_to_its_intermediate_rounding(size):
     """Same filter as PIL's BICUBIC (antialiased when shrinking). PIL rounds and clips to 8 bits between its two
-    passes, we do not: on a photo, 1 level apart on average at most, and more than 1 level at under 0.01 % of pixels."""
+    passes, we do not: on a photo, 1 level apart on average at most, and more than 1 level at under 0.01 % of
+    pixels."""
     from skimage import data
 
     source = np.asarray(PIL.Image.fromarray(data.coffee()).resize((1024, 768), PIL.Image.BICUBIC))
@@ -114,7 +116,9 @@ def test_specialized_stage2_equals_whole_image_sr_resized_and_blended(painter):
     low_res = image.resize((64, 43), PIL.Image.BICUBIC)
     out = finish(image, mask, low_res, request(sr_region="whole"), painter.upscaler, torch.Generator().manual_seed(4))
     config = SRConfig(num_inference_steps=2, region="whole")
-    patch = super_resolve(painter.upscaler, image, mask, low_res, "a red ball", config, torch.Generator().manual_seed(4))
+    patch = super_resolve(
+        painter.upscaler, image, mask, low_res, "a red ball", config, torch.Generator().manual_seed(4)
+    )
     assert patch.box == (0, 0, 256, 172) and patch.size == (256, 172)
     generated = whole_resize(patch.pixels, image.size)
     expected = poisson_blend(np.asarray(image), generated, np.asarray(mask), 32, blend_dilation(image.size, None))
@@ -123,8 +127,10 @@ def test_specialized_stage2_equals_whole_image_sr_resized_and_blended(painter):
 
 def test_sr_methods_differ_and_baseline_is_not_specialized(painter):
     image, mask = photo_and_mask((200, 150), (60, 40, 140, 110))
-    results = {m: np.asarray(painter(image, mask, request(sr_method=m), progress=False)[0]).astype(int)
-               for m in ("specialized", "baseline", "bicubic")}
+    results = {
+        m: np.asarray(painter(image, mask, request(sr_method=m), progress=False)[0]).astype(int)
+        for m in ("specialized", "baseline", "bicubic")
+    }
     inside = np.asarray(mask) > 0
     assert (results["specialized"][inside] != results["baseline"][inside]).any()
     assert (results["specialized"][inside] != results["bicubic"][inside]).any()
@@ -139,8 +145,15 @@ def test_no_upscale_is_the_feathered_paste(painter):
         (out,) = painter(image, mask, request(upscale=False), progress=False)
     finally:
         handle.remove()
-    (stage1,) = painter.pipeline("a red ball", image, mask, method="baseline", num_inference_steps=2, working_size=WORKING,
-                                 generator=[torch.Generator().manual_seed(1)]).images
+    (stage1,) = painter.pipeline(
+        "a red ball",
+        image,
+        mask,
+        method="baseline",
+        num_inference_steps=2,
+        working_size=WORKING,
+        generator=[torch.Generator().manual_seed(1)],
+    ).images
     assert not calls and np.array_equal(np.asarray(out), np.asarray(composite(image, stage1, mask)))
 
 
@@ -179,26 +192,34 @@ def test_a_window_resized_from_its_source_box_equals_the_whole_resize(size):
     for _ in range(6):
         x0, y0 = int(rng.integers(0, size[0] - 40)), int(rng.integers(0, size[1] - 30))
         window = (x0, y0, int(rng.integers(x0 + 20, size[0] + 1)), int(rng.integers(y0 + 20, size[1] + 1)))
-        expected = whole[window[1]: window[3], window[0]: window[2]]
+        expected = whole[window[1] : window[3], window[0] : window[2]]
         bx0, by0, bx1, by1 = source_box(window, (1024, 768), size)
         cut = resize_window(source[by0:by1, bx0:bx1], (bx0, by0), (1024, 768), size, window)
         np.testing.assert_array_equal(cut, expected)
         # without the taps (just the window's own footprint) the edges come out wrong: the margin is needed
         sx, sy = size[0] / 1024, size[1] / 768
-        bare = (math.floor(window[0] / sx), math.floor(window[1] / sy), math.ceil(window[2] / sx), math.ceil(window[3] / sy))
+        bare = (
+            math.floor(window[0] / sx),
+            math.floor(window[1] / sy),
+            math.ceil(window[2] / sx),
+            math.ceil(window[3] / sy),
+        )
         if bare[0] > 0 and bare[1] > 0 and bare[2] < 1024 and bare[3] < 768:
-            short = resize_window(source[bare[1]:bare[3], bare[0]:bare[2]], bare[:2], (1024, 768), size, window)
+            short = resize_window(source[bare[1] : bare[3], bare[0] : bare[2]], bare[:2], (1024, 768), size, window)
             assert np.abs(short.astype(int) - expected.astype(int)).max() > 3
 
 
-@pytest.mark.parametrize("option, message", [
-    ({"sr_method": "nope"}, "sr.method must be one of specialized, baseline, bicubic"),
-    ({"sr_region": "half"}, "sr.region must be one of crop, whole"),
-    ({"sr_context": -1}, "sr.context must be at least 0"),
-    ({"sr_steps": 0}, "sr.num_inference_steps must be in 1..1000"),
-    ({"blend_pad": 0}, "sr.blend_pad must be at least 1"),
-    ({"blend_dilation": 301}, "sr.blend_dilation must be in 1..300"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"sr_method": "nope"}, "sr.method must be one of specialized, baseline, bicubic"),
+        ({"sr_region": "half"}, "sr.region must be one of crop, whole"),
+        ({"sr_context": -1}, "sr.context must be at least 0"),
+        ({"sr_steps": 0}, "sr.num_inference_steps must be in 1..1000"),
+        ({"blend_pad": 0}, "sr.blend_pad must be at least 1"),
+        ({"blend_dilation": 301}, "sr.blend_dilation must be in 1..300"),
+    ],
+)
 def test_stage2_options_are_checked_before_any_work(option, message):
     from hdpainter.errors import HDPainterError
 

@@ -42,19 +42,44 @@ def test_baseline_equals_diffusers_inpaint_pipeline_with_ddim_trailing(pipe, pho
     prepared, mask_latent, image_latents, _, _ = conditioning(pipe, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
     seen = []
-    ours = pipe("a red boat", photo[0], photo[1], method="baseline", num_inference_steps=steps, latents=noise,
-                negative_prompt="", positive_prompt="", working_size=SIZE, output_type="latent",
-                callback_on_step_end=lambda p, i, t, tensors: seen.append(t) or tensors).images
+    ours = pipe(
+        "a red boat",
+        photo[0],
+        photo[1],
+        method="baseline",
+        num_inference_steps=steps,
+        latents=noise,
+        negative_prompt="",
+        positive_prompt="",
+        working_size=SIZE,
+        output_type="latent",
+        callback_on_step_end=lambda p, i, t, tensors: seen.append(t) or tensors,
+    ).images
     assert len(seen) == steps
 
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True)
-    reference = StableDiffusionInpaintPipeline(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
+    reference = StableDiffusionInpaintPipeline(
+        **{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False
+    )
     reference.set_progress_bar_config(disable=True)
     # diffusers resizes the mask to the latent grid by nearest neighbour: hand it ours, blown up ×8
-    mask_full = PIL.Image.fromarray((mask_latent[0, 0].numpy() * 255).astype(np.uint8)).resize((SIZE, SIZE), PIL.Image.NEAREST)
-    theirs = reference("a red boat", image=PIL.Image.fromarray(prepared.image), mask_image=mask_full,
-                       masked_image_latents=image_latents, height=SIZE, width=SIZE, num_inference_steps=steps,
-                       guidance_scale=7.5, negative_prompt="", eta=0.0, latents=noise.clone(), output_type="latent").images
+    mask_full = PIL.Image.fromarray((mask_latent[0, 0].numpy() * 255).astype(np.uint8)).resize(
+        (SIZE, SIZE), PIL.Image.NEAREST
+    )
+    theirs = reference(
+        "a red boat",
+        image=PIL.Image.fromarray(prepared.image),
+        mask_image=mask_full,
+        masked_image_latents=image_latents,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        negative_prompt="",
+        eta=0.0,
+        latents=noise.clone(),
+        output_type="latent",
+    ).images
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
@@ -79,13 +104,19 @@ def test_painta_block_output_matches_explicit_eq5(pipe, photo):
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {d: torch.from_numpy(imgs.grid_mask(prepared.mask, d, "half")).flatten()[None] for d in (16, 32)}
     block = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0]  # grid H/16
-    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, painta_divisors=(16, 32), latent_factor=pipe.vae_scale_factor)
+    state = AttentionGuidance(
+        (SIZE // 8, SIZE // 8), "cfg", token_mask, masks, painta_divisors=(16, 32), latent_factor=pipe.vae_scale_factor
+    )
     x_t = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
     unet_in = torch.cat([x_t, mask_latent, image_latents], 1).repeat(2, 1, 1, 1)
     seen, handle = capture_block(block)
     with torch.no_grad(), guided_attention(pipe.unet, pipe.vae_scale_factor):
-        pipe.unet(unet_in, torch.tensor([999, 999]), encoder_hidden_states=torch.cat([uncond, cond]),
-                  cross_attention_kwargs={STATE_KEY: state})
+        pipe.unet(
+            unet_in,
+            torch.tensor([999, 999]),
+            encoder_hidden_states=torch.cat([uncond, cond]),
+            cross_attention_kwargs={STATE_KEY: state},
+        )
     handle.remove()
 
     with torch.no_grad():  # the block, written out by hand from METHOD §3
@@ -115,11 +146,17 @@ def test_rasg_logits_are_mean_over_h32_cross_attention_layers_and_heads(pipe, ph
     masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
     blocks = [b for b in pipe.unet.modules() if hasattr(b, "attn2") and hasattr(b, "norm2")]
     captures = [capture_block(b) for b in blocks]
-    state = AttentionGuidance((SIZE // 8, SIZE // 8), "cond", token_mask, masks, rasg_divisors=(32,), latent_factor=pipe.vae_scale_factor)
+    state = AttentionGuidance(
+        (SIZE // 8, SIZE // 8), "cond", token_mask, masks, rasg_divisors=(32,), latent_factor=pipe.vae_scale_factor
+    )
     x_t = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), guided_attention(pipe.unet, pipe.vae_scale_factor):
-        pipe.unet(torch.cat([x_t, mask_latent, image_latents], 1), torch.tensor([500]), encoder_hidden_states=cond,
-                  cross_attention_kwargs={STATE_KEY: state})
+        pipe.unet(
+            torch.cat([x_t, mask_latent, image_latents], 1),
+            torch.tensor([500]),
+            encoder_hidden_states=cond,
+            cross_attention_kwargs={STATE_KEY: state},
+        )
     for _, handle in captures:
         handle.remove()
     expected, layers = 0, 0
@@ -136,8 +173,9 @@ def test_rasg_logits_are_mean_over_h32_cross_attention_layers_and_heads(pipe, ph
     torch.testing.assert_close(state.rasg_logits(), expected / layers, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, variant, eta", [("rasg", "paper", 1.0), ("rasg", "reference", 8.0),
-                                                  ("vanilla-guidance", None, 3000.0)])
+@pytest.mark.parametrize(
+    "method, variant, eta", [("rasg", "paper", 1.0), ("rasg", "reference", 8.0), ("vanilla-guidance", None, 3000.0)]
+)
 def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, variant, eta):
     """The reference's loop (one batched UNet call with gradients through both CFG halves) written plainly;
     ours keeps the unconditional half out of the graph and must give the same result. A large η makes
@@ -147,8 +185,19 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     prepared, mask_latent, image_latents, cond, uncond = conditioning(pipe, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(11))
     options = dict(rasg_eta=eta, rasg_sigma=variant) if method == "rasg" else dict(vanilla_scale=eta)
-    ours = pipe("a red boat", photo[0], photo[1], method=method, num_inference_steps=steps, latents=noise,
-                negative_prompt="", positive_prompt="", working_size=SIZE, output_type="latent", **options).images
+    ours = pipe(
+        "a red boat",
+        photo[0],
+        photo[1],
+        method=method,
+        num_inference_steps=steps,
+        latents=noise,
+        negative_prompt="",
+        positive_prompt="",
+        working_size=SIZE,
+        output_type="latent",
+        **options,
+    ).images
 
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
@@ -160,10 +209,21 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     with guided_attention(pipe.unet, pipe.vae_scale_factor):
         for i, t in enumerate(ts):
             z = z.detach().requires_grad_(True)
-            state = AttentionGuidance((SIZE // 8, SIZE // 8), "cfg", token_mask, masks, rasg_divisors=(32,), latent_factor=pipe.vae_scale_factor)
+            state = AttentionGuidance(
+                (SIZE // 8, SIZE // 8),
+                "cfg",
+                token_mask,
+                masks,
+                rasg_divisors=(32,),
+                latent_factor=pipe.vae_scale_factor,
+            )
             z_in = torch.cat([torch.cat([z, z]), torch.cat([mask_latent, image_latents], 1).repeat(2, 1, 1, 1)], 1)
-            out = pipe.unet(z_in, torch.tensor([t, t]), encoder_hidden_states=torch.cat([uncond, cond]),
-                            cross_attention_kwargs={STATE_KEY: state}).sample
+            out = pipe.unet(
+                z_in,
+                torch.tensor([t, t]),
+                encoder_hidden_states=torch.cat([uncond, cond]),
+                cross_attention_kwargs={STATE_KEY: state},
+            ).sample
             e_u, e_c = out.detach().chunk(2)
             eps = e_u + scale * (e_c - e_u)
             score = -rasg_objective(state.rasg_logits(), token_mask, masks[32])
@@ -184,8 +244,18 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     # batched (this loop) and unbatched (ours) UNet passes sum in another order; with η = 1 and the paper's σ
     # that grows to 1.6e-4 here, with the RASG code before vanilla-guidance was added as well
     torch.testing.assert_close(ours, z.detach(), rtol=1e-3, atol=5e-4)
-    baseline = pipe("a red boat", photo[0], photo[1], method="baseline", num_inference_steps=steps, latents=noise,
-                    negative_prompt="", positive_prompt="", working_size=SIZE, output_type="latent").images
+    baseline = pipe(
+        "a red boat",
+        photo[0],
+        photo[1],
+        method="baseline",
+        num_inference_steps=steps,
+        latents=noise,
+        negative_prompt="",
+        positive_prompt="",
+        working_size=SIZE,
+        output_type="latent",
+    ).images
     assert (ours - baseline).abs().max() > 1e-3
 
 
@@ -207,9 +277,16 @@ def test_painta_acts_only_while_t_above_500(pipe, photo):
     def inject(pipeline, i, t, tensors):
         return {"latents": trace[i]} if i == 1 else tensors
 
-    torch.testing.assert_close(run(pipe, photo, method="painta", num_inference_steps=4, callback_on_step_end=inject), base, rtol=0, atol=0)
-    injected_late = run(pipe, photo, method="painta", num_inference_steps=4,
-                        callback_on_step_end=lambda p, i, t, x: {"latents": trace[i]} if i == 0 else x)
+    torch.testing.assert_close(
+        run(pipe, photo, method="painta", num_inference_steps=4, callback_on_step_end=inject), base, rtol=0, atol=0
+    )
+    injected_late = run(
+        pipe,
+        photo,
+        method="painta",
+        num_inference_steps=4,
+        callback_on_step_end=lambda p, i, t, x: {"latents": trace[i]} if i == 0 else x,
+    )
     assert (injected_late - base).abs().max() > 1e-5  # t = 749 still uses PAIntA
 
 
@@ -237,7 +314,9 @@ def test_batch_equals_single_runs(pipe, photo):
     assert batched.shape[0] == 4
     for row, prompt in enumerate(prompts):
         for col in range(2):
-            single = pipe(prompt, image, mask, generator=torch.Generator().manual_seed(seeds[row][col]), **kwargs).images
+            single = pipe(
+                prompt, image, mask, generator=torch.Generator().manual_seed(seeds[row][col]), **kwargs
+            ).images
             torch.testing.assert_close(batched[2 * row + col], single[0], rtol=1e-3, atol=5e-4)
     assert (batched[0] - batched[1]).abs().max() > 1e-2  # different seeds
     assert (batched[0] - batched[2]).abs().max() > 1e-2  # different prompts
@@ -249,8 +328,16 @@ def test_output_types_agree(pipe):
     mask[50:120, 90:200] = 255
     outs = {}
     for kind in ("pil", "np", "pt", "latent"):
-        outs[kind] = pipe("a cat", image, PIL.Image.fromarray(mask), method="painta+rasg", num_inference_steps=2,
-                          generator=torch.Generator().manual_seed(0), output_type=kind, working_size=SIZE).images
+        outs[kind] = pipe(
+            "a cat",
+            image,
+            PIL.Image.fromarray(mask),
+            method="painta+rasg",
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+            output_type=kind,
+            working_size=SIZE,
+        ).images
     w, h = imgs.working_size((300, 200), SIZE)  # 256 x 170, padded to 256 x 192
     assert outs["pil"][0].size == (w, h)
     assert outs["np"].shape == (1, h, w, 3) and outs["np"].dtype == np.float32
@@ -269,7 +356,9 @@ def test_token_mask_for_both_tokenizer_families(family):
     from hdpainter.testing import make_tokenizer
 
     fake = SimpleNamespace(tokenizer=make_tokenizer(family))
-    mask = HDPainterPipeline.token_mask(fake, ["a red boat", "", "cat " * 100], ["a red boat, full hd", ", full hd", "cat " * 100 + ", full hd"])
+    mask = HDPainterPipeline.token_mask(
+        fake, ["a red boat", "", "cat " * 100], ["a red boat, full hd", ", full hd", "cat " * 100 + ", full hd"]
+    )
     # "a red boat" = 3 word tokens at 1..3; full prompt: SOT a red boat , full hd EOT → EOT at 7
     assert mask[0].nonzero().flatten().tolist() == [1, 2, 3, 7]
     # empty prompt: only the full prompt's EOT (SOT , full hd EOT → 4)
@@ -316,7 +405,15 @@ def test_rasg_pass_records_no_graph_after_the_last_rasg_layer(pipe, photo):
     prepared, mask_latent, image_latents, cond, _ = conditioning(pipe, photo)
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {d: torch.from_numpy(imgs.grid_mask(prepared.mask, d, "half")).flatten()[None] for d in (16, 32)}
-    c = Conditioning((SIZE // 8, SIZE // 8), pipe.vae_scale_factor, torch.cat([mask_latent, image_latents], 1), cond, None, token_mask, masks)
+    c = Conditioning(
+        (SIZE // 8, SIZE // 8),
+        pipe.vae_scale_factor,
+        torch.cat([mask_latent, image_latents], 1),
+        cond,
+        None,
+        token_mask,
+        masks,
+    )
     x = torch.randn(1, 4, SIZE // 8, SIZE // 8).requires_grad_(True)
     with torch.no_grad(), guided_attention(pipe.unet, pipe.vae_scale_factor):
         with torch.enable_grad():
@@ -346,7 +443,9 @@ def test_sd1_flavour_and_no_cfg_run_every_method(photo):
 
 def test_weights_are_frozen_while_sampling_and_restored_after(pipe, photo):
     seen = []
-    handle = pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(any(p.requires_grad for p in m.parameters())))
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda m, a: seen.append(any(p.requires_grad for p in m.parameters()))
+    )
     pipe.unet.requires_grad_(True)
     try:
         run(pipe, photo, method="painta+rasg", num_inference_steps=2)
@@ -364,10 +463,16 @@ def test_half_precision_path_runs_and_tracks_float32(photo):
 
     pipes = {}
     for dtype in (torch.float32, torch.bfloat16):
-        pipes[dtype] = HDPainterPipeline(**make_inpaint_components("sd2", seed=5), requires_safety_checker=False).to(dtype=dtype)
+        pipes[dtype] = HDPainterPipeline(**make_inpaint_components("sd2", seed=5), requires_safety_checker=False).to(
+            dtype=dtype
+        )
         pipes[dtype].set_progress_bar_config(disable=True)
-    outs = {d: run(p, photo, method="painta+rasg", num_inference_steps=3, rasg_eta=1.0, rasg_sigma="paper", output_type="np")
-            for d, p in pipes.items()}
+    outs = {
+        d: run(
+            p, photo, method="painta+rasg", num_inference_steps=3, rasg_eta=1.0, rasg_sigma="paper", output_type="np"
+        )
+        for d, p in pipes.items()
+    }
     assert np.isfinite(outs[torch.bfloat16]).all()
     assert np.abs(outs[torch.bfloat16] - outs[torch.float32]).mean() < 0.05
 
@@ -385,7 +490,13 @@ def test_diffusers_cfg_cutoff_callback_ends_the_unconditional_pass(pipe, photo):
 
     sizes, handle = unet_batches(pipe)
     try:
-        cut = run(pipe, photo, method="painta", num_inference_steps=4, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5))
+        cut = run(
+            pipe,
+            photo,
+            method="painta",
+            num_inference_steps=4,
+            callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5),
+        )
     finally:
         handle.remove()
     assert sizes == [2, 2, 2, 1]  # cut after step int(4 · 0.5) = 2: steps 0–2 guided, step 3 conditional only
@@ -404,8 +515,14 @@ def test_callbacks_see_the_call_and_can_interrupt_it(pipe, photo):
 
     sizes, handle = unet_batches(pipe)
     try:
-        run(pipe, photo, method="baseline", num_inference_steps=5, callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["latents", "x0", "prompt_embeds"])
+        run(
+            pipe,
+            photo,
+            method="baseline",
+            num_inference_steps=5,
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents", "x0", "prompt_embeds"],
+        )
     finally:
         handle.remove()
     assert seen == [(i, 5, 7.5, True, ["latents", "prompt_embeds", "x0"]) for i in (0, 1)]  # stopped after step 1
@@ -425,8 +542,16 @@ def test_the_upscaler_returns_an_output_dataclass_and_honours_interrupt(tiny_ups
         p._interrupt = True
         return {}
 
-    out = sr("a cat", low, num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback_on_step_end=stop)
+    out = sr(
+        "a cat", low, num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback_on_step_end=stop
+    )
     assert isinstance(out, HDUpscalePipelineOutput) and out.images.shape == (1, 3, 32, 32) and steps == [(0, 3)]
-    (latent,) = sr("a cat", low, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="latent",
-                   return_dict=False)
+    (latent,) = sr(
+        "a cat",
+        low,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        return_dict=False,
+    )
     assert latent.shape == (1, 4, 8, 8)

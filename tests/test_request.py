@@ -30,7 +30,9 @@ def test_the_cli_offers_exactly_the_schemas_options(command):
             assert action.option_strings == [opt.flag, "--no-" + opt.flag[2:]] and action.default is opt.default
             continue
         assert action.default == opt.label(opt.default)
-        want_choices = list(opt.labels) if opt.labels else None if opt.sequence else list(opt.choices) if opt.choices else None
+        want_choices = (
+            list(opt.labels) if opt.labels else None if opt.sequence else list(opt.choices) if opt.choices else None
+        )
         assert action.choices == want_choices, opt.key
     text = " ".join(parser.format_help().split())  # argparse wraps lines
     assert "(default: 50)" in text and "(default: auto)" in text and "(default: 16,32)" in text
@@ -44,7 +46,9 @@ def test_cli_defaults_parse_to_the_schemas_defaults():
 def test_eval_and_demo_take_the_schemas_options_with_their_own_defaults():
     args = cli._parser().parse_args(["eval", "--coco", "c", "--out", "o"])
     assert (args.rasg_eta, args.negative_prompt, args.steps) == (0.25, "", option_index()["steps"].default)
-    assert subcommand("eval")._option_string_actions["--rasg-sigma"].choices == list(option_index()["rasg_sigma"].choices)
+    assert subcommand("eval")._option_string_actions["--rasg-sigma"].choices == list(
+        option_index()["rasg_sigma"].choices
+    )
     args = cli._parser().parse_args(["demo"])
     assert args.seed == 0 and args.method == InpaintRequest.method
 
@@ -68,17 +72,29 @@ def test_the_ui_form_offers_exactly_the_schemas_options_and_choices():
             assert shown["parameter_default"] == opt.label(default)
         elif opt.sequence:
             assert shown["type"]["items"]["enum"] == list(opt.choices) and shown["parameter_default"] == list(default)
+        elif opt.optional:
+            assert shown["parameter_default"] == 0  # 0 on its slider: automatic (None)
         else:
             assert shown["parameter_default"] == default, opt.key
-        if opt.ui_max is not None and not opt.optional:
-            low = opt.range[0] if opt.range else -opt.ui_max
+        if opt.ui_max is not None:
+            low = 0 if opt.optional else opt.range[0] if opt.range else -opt.ui_max
             assert shown["type"]["description"] == f"numeric value between {low:g} and {opt.ui_max:g}", opt.key
 
 
 def test_options_parse_text_and_name_themselves_per_front_end():
-    request = InpaintRequest.from_options({"prompt": "a boat", "steps": "7", "sr_steps": 3, "vae_tiling": "on",
-                                           "painta_grids": "32", "blend_dilation": "", "upscale": "false",
-                                           "sr.region": "whole", "rasg_eta": 0.25})
+    request = InpaintRequest.from_options(
+        {
+            "prompt": "a boat",
+            "steps": "7",
+            "sr_steps": 3,
+            "vae_tiling": "on",
+            "painta_grids": "32",
+            "blend_dilation": "",
+            "upscale": "false",
+            "sr.region": "whole",
+            "rasg_eta": 0.25,
+        }
+    )
     assert (request.num_inference_steps, request.sr.num_inference_steps, request.sr.vae_tiling) == (7, 3, True)
     assert request.guidance.painta_grids == (32,) and request.sr.blend_dilation is None and request.upscale is False
     assert request.sr.region == "whole" and request.rasg_eta == 0.25
@@ -86,9 +102,14 @@ def test_options_parse_text_and_name_themselves_per_front_end():
         InpaintRequest.from_options({"prompt": "x", "sr_steps": 0})
     assert str(caught.value) == "sr.num_inference_steps must be in 1..1000, got 0"  # the library names the field
     assert str(caught.value.for_cli()) == "--sr-steps must be in 1..1000, got 0"  # the command line the flag
-    for bad, message in [({"steps": "many"}, "must be an integer"), ({"sr_mask_blur": 4}, "must be odd"),
-                         ({"working_size": 100}, "multiple of 8"), ({"rasg_grid": 12}, "must be one of 8, 16, 32, 64"),
-                         ({"vae_tiling": "maybe"}, "must be one of auto, on, off"), ({"color": "red"}, "unknown option")]:
+    for bad, message in [
+        ({"steps": "many"}, "must be an integer"),
+        ({"sr_mask_blur": 4}, "must be odd"),
+        ({"working_size": 100}, "multiple of 8"),
+        ({"rasg_grid": 12}, "must be one of 8, 16, 32, 64"),
+        ({"vae_tiling": "maybe"}, "must be one of auto, on, off"),
+        ({"color": "red"}, "unknown option"),
+    ]:
         with pytest.raises(HDPainterError, match=message):
             InpaintRequest.from_options({"prompt": "x"} | bad)
 
@@ -106,8 +127,9 @@ def test_size_bounded_options_are_checked_against_the_image():
 
 @pytest.mark.parametrize("size", [(512, 512), (513, 200), (300, 700), (1024, 768), (40, 30)])
 @pytest.mark.parametrize("working", [256, 512])
-@pytest.mark.parametrize("upscale, method", [(True, "specialized"), (True, "baseline"), (True, "bicubic"),
-                                             (False, "specialized")])
+@pytest.mark.parametrize(
+    "upscale, method", [(True, "specialized"), (True, "baseline"), (True, "bicubic"), (False, "specialized")]
+)
 def test_needs_upscaler_is_diffusion_above_the_stage1_size(size, working, upscale, method):
     request = InpaintRequest("x", working_size=working, upscale=upscale, sr=SRConfig(method=method))
     stage1_long_side = working  # the reference's resize: long side = working size, short side truncated

@@ -61,7 +61,9 @@ def test_stage1_latents_equal_the_old_loop(pipe, legacy_pipe, photo, case):
     kwargs = dict(num_inference_steps=4, working_size=SIZE, output_type="latent", **STAGE1_CASES[case])
     n = kwargs.get("num_images_per_prompt", 1)
     new = pipe("a red boat", *photo, generator=[torch.Generator().manual_seed(3 + k) for k in range(n)], **kwargs)
-    old = legacy_pipe("a red boat", *photo, generator=[torch.Generator().manual_seed(3 + k) for k in range(n)], **kwargs)
+    old = legacy_pipe(
+        "a red boat", *photo, generator=[torch.Generator().manual_seed(3 + k) for k in range(n)], **kwargs
+    )
     assert torch.equal(_latents(new), _latents(old))
 
 
@@ -78,12 +80,29 @@ def test_stage1_batch_of_prompts_callback_and_decode_equal_the_old_loop(pipe, le
 
         return fn
 
-    common = dict(method="painta+rasg", num_inference_steps=3, working_size=SIZE, callback_on_step_end_tensor_inputs=("latents", "x0"))
+    common = dict(
+        method="painta+rasg",
+        num_inference_steps=3,
+        working_size=SIZE,
+        callback_on_step_end_tensor_inputs=("latents", "x0"),
+    )
     prompts = ["a red boat", "a dog"]
-    new = pipe(prompts, [image, image], [mask, other], generator=torch.Generator().manual_seed(5),
-               callback_on_step_end=callback("new"), **common).images
-    old = legacy_pipe(prompts, [image, image], [mask, other], generator=torch.Generator().manual_seed(5),
-                      callback_on_step_end=callback("old"), **common).images
+    new = pipe(
+        prompts,
+        [image, image],
+        [mask, other],
+        generator=torch.Generator().manual_seed(5),
+        callback_on_step_end=callback("new"),
+        **common,
+    ).images
+    old = legacy_pipe(
+        prompts,
+        [image, image],
+        [mask, other],
+        generator=torch.Generator().manual_seed(5),
+        callback_on_step_end=callback("old"),
+        **common,
+    ).images
     assert [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(new, old)] == [True, True]
     assert [(i, t) for i, t, _ in seen["new"]] == [(i, t) for i, t, _ in seen["old"]] == [(0, 999), (1, 666), (2, 332)]
     assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(seen["new"], seen["old"]))
@@ -99,8 +118,16 @@ def test_stage2_equals_the_old_loop(sr, legacy_sr, blend):
     mask = mask if blend else None
     x0s = {"new": [], "old": []}
     for key, pipe in (("new", sr), ("old", legacy_sr)):
-        out = pipe("a boat", low, known, mask, num_inference_steps=3, generator=torch.Generator().manual_seed(9),
-                   output_type="latent", callback_on_step_end=lambda p, i, t, d, key=key: x0s[key].append(d["x0"].clone()))
+        out = pipe(
+            "a boat",
+            low,
+            known,
+            mask,
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(9),
+            output_type="latent",
+            callback_on_step_end=lambda p, i, t, d, key=key: x0s[key].append(d["x0"].clone()),
+        )
         x0s[key].append(_latents(out))
     assert len(x0s["new"]) == len(x0s["old"]) == 4
     assert all(torch.equal(a, b) for a, b in zip(x0s["new"], x0s["old"]))
@@ -115,8 +142,22 @@ def test_super_resolve_patch_equals_the_old_one(sr, legacy_sr, method):
     mask = np.zeros((200, 300), np.uint8)
     mask[60:120, 100:180] = 255
     mask = PIL.Image.fromarray(mask)
-    new = super_resolve(sr, original, mask, low_res, "a ball", SRConfig(method=method, num_inference_steps=2),
-                        torch.Generator().manual_seed(1))
-    old = legacy_super_resolve(legacy_sr, original, mask, low_res, "a ball",
-                               LegacySRConfig(method=method, num_inference_steps=2), torch.Generator().manual_seed(1))
+    new = super_resolve(
+        sr,
+        original,
+        mask,
+        low_res,
+        "a ball",
+        SRConfig(method=method, num_inference_steps=2),
+        torch.Generator().manual_seed(1),
+    )
+    old = legacy_super_resolve(
+        legacy_sr,
+        original,
+        mask,
+        low_res,
+        "a ball",
+        LegacySRConfig(method=method, num_inference_steps=2),
+        torch.Generator().manual_seed(1),
+    )
     assert new.box == old.box and np.array_equal(new.pixels, old.pixels)

@@ -5,11 +5,15 @@ import sys
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_inpaint_and_upscaler_folders(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "hdpainter.testing", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hdpainter.testing", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     from diffusers import StableDiffusionUpscalePipeline
 
@@ -18,11 +22,17 @@ def test_cli_writes_loadable_inpaint_and_upscaler_folders(tmp_path):
     inpaint = HDPainterPipeline.from_pretrained(tmp_path / "inpaint")
     assert inpaint.unet.config.in_channels == 9
     assert 2 ** (len(inpaint.vae.config.block_out_channels) - 1) == 8  # VAE ×8, as Stable Diffusion
-    assert inpaint.tokenizer("a red boat").input_ids[1:-1] == [inpaint.tokenizer.convert_tokens_to_ids(w + "</w>") for w in ("a", "red", "boat")]
+    assert inpaint.tokenizer("a red boat").input_ids[1:-1] == [
+        inpaint.tokenizer.convert_tokens_to_ids(w + "</w>") for w in ("a", "red", "boat")
+    ]
 
     upscaler = StableDiffusionUpscalePipeline.from_pretrained(tmp_path / "upscaler")
     upscaler.set_progress_bar_config(disable=True)
-    assert upscaler.vae.config.scaling_factor == 0.08333 and upscaler.scheduler.config.prediction_type == "v_prediction"
+    assert (
+        upscaler.vae.config.scaling_factor == 0.08333 and upscaler.scheduler.config.prediction_type == "v_prediction"
+    )
     low = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8))
-    out = upscaler("a cat", image=low, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    out = upscaler(
+        "a cat", image=low, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert out.shape == (1, 96, 160, 3)  # exactly ×4, through diffusers' own upscale pipeline

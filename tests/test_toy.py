@@ -49,9 +49,11 @@ def test_scorer_reads_generated_ground_truth():
 def test_scorer_on_hand_drawn_shapes():
     from PIL import ImageDraw
 
-    for shape, draw in (("square", lambda d: d.rectangle((60, 60, 140, 140), fill=world.COLORS["blue"])),
-                        ("circle", lambda d: d.ellipse((60, 60, 140, 140), fill=world.COLORS["green"])),
-                        ("triangle", lambda d: d.polygon([(100, 60), (140, 140), (60, 140)], fill=world.COLORS["yellow"]))):
+    for shape, draw in (
+        ("square", lambda d: d.rectangle((60, 60, 140, 140), fill=world.COLORS["blue"])),
+        ("circle", lambda d: d.ellipse((60, 60, 140, 140), fill=world.COLORS["green"])),
+        ("triangle", lambda d: d.polygon([(100, 60), (140, 140), (60, 140)], fill=world.COLORS["yellow"])),
+    ):
         image = PIL.Image.new("RGB", (256, 256), (200, 196, 190))
         draw(ImageDraw.Draw(image))
         color = {"square": "blue", "circle": "green", "triangle": "yellow"}[shape]
@@ -85,14 +87,43 @@ def test_neglect_cases_are_fixed_and_ask_for_what_is_not_there():
 # ---- the training script ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
     from hdpainter.inpaint import HDPainterPipeline
     from hdpainter.toy import train
 
     out = tmp_path / "toy"
-    assert train.main(["--out", str(out), "--ae-steps", "30", "--ae-batch", "4", "--ae-crop", "64", "--steps", "24",
-                       "--batch", "4", "--crop", "96", "--full-share", "0.25", "--pool", "8", "--refresh", "2",
-                       "--check", "2", "--seed", "0"]) == 0
+    assert (
+        train.main(
+            [
+                "--out",
+                str(out),
+                "--ae-steps",
+                "30",
+                "--ae-batch",
+                "4",
+                "--ae-crop",
+                "64",
+                "--steps",
+                "24",
+                "--batch",
+                "4",
+                "--crop",
+                "96",
+                "--full-share",
+                "0.25",
+                "--pool",
+                "8",
+                "--refresh",
+                "2",
+                "--check",
+                "2",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "training.json").read_text())
     before, after = record["autoencoder_validation_loss"]  # held-out whole scenes
     assert after < 0.8 * before, (before, after)
@@ -100,12 +131,22 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
     assert after < 0.8 * before, (before, after)
     assert record["steps_done"] == 24 and record["check"]["cases"] == 2
     pipe = HDPainterPipeline.from_pretrained(out, torch_dtype=torch.float32)
-    assert pipe.unet.config.in_channels == 9 and pipe.vae.config.scaling_factor == pytest.approx(1 / record["latent_std"])
+    assert pipe.unet.config.in_channels == 9 and pipe.vae.config.scaling_factor == pytest.approx(
+        1 / record["latent_std"]
+    )
     saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(p.dtype == torch.float16 for p in saved.values())  # shipped weights are fp16
     image, mask = demo_scene(0)
-    result = pipe("a red circle", image, mask, num_inference_steps=2, working_size=256, negative_prompt="",
-                  positive_prompt="", generator=torch.Generator().manual_seed(0)).images[0]
+    result = pipe(
+        "a red circle",
+        image,
+        mask,
+        num_inference_steps=2,
+        working_size=256,
+        negative_prompt="",
+        positive_prompt="",
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert result.size == (256, 256)
 
 
@@ -131,10 +172,14 @@ def test_training_inputs_are_built_as_the_pipeline_builds_them():
         assert int((m == 0).all(0).sum()) == prepared.mask.sum()  # the whole (dilated) mask lies inside the crop
         full = prepared.image / 127.5 - 1.0
         crop = p.permute(1, 2, 0).numpy()
-        (top, left), = [(y, x) for y in range(0, 97, 8) for x in range(0, 97, 8)
-                        if np.allclose(full[y:y + 160, x:x + 160], crop, atol=1e-6)]
+        ((top, left),) = [
+            (y, x)
+            for y in range(0, 97, 8)
+            for x in range(0, 97, 8)
+            if np.allclose(full[y : y + 160, x : x + 160], crop, atol=1e-6)
+        ]
         whole_grid = imgs.grid_mask(prepared.mask, 8, "any")  # the crop's grid is the whole mask's grid, cut
-        assert np.array_equal(g[0].numpy() > 0, whole_grid[top // 8:top // 8 + 20, left // 8:left // 8 + 20])
+        assert np.array_equal(g[0].numpy() > 0, whole_grid[top // 8 : top // 8 + 20, left // 8 : left // 8 + 20])
 
 
 def test_crops_hold_the_whole_mask_on_the_latent_grid():
@@ -146,10 +191,10 @@ def test_crops_hold_the_whole_mask_on_the_latent_grid():
         h, w = (int(v) for v in rng.integers(8, crop - 6, 2))  # an 8-aligned window can hold it
         y, x = int(rng.integers(0, 256 - h + 1)), int(rng.integers(0, 256 - w + 1))
         mask = np.zeros((256, 256), bool)
-        mask[y:y + h, x:x + w] = True
+        mask[y : y + h, x : x + w] = True
         top, left = crop_origin(mask, crop, rng)
         assert top % 8 == 0 and left % 8 == 0 and 0 <= top <= 256 - crop and 0 <= left <= 256 - crop
-        assert mask[top:top + crop, left:left + crop].sum() == h * w, (crop, y, x, h, w, top, left)
+        assert mask[top : top + crop, left : left + crop].sum() == h * w, (crop, y, x, h, w, top, left)
 
 
 def test_example_pool_replays_and_replaces_the_oldest():
@@ -164,6 +209,7 @@ def test_example_pool_replays_and_replaces_the_oldest():
 
 
 # ---- the shipped model ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def toy():
@@ -182,11 +228,14 @@ def tiny(tiny_model_dir):
 def test_toy_name_resolves_to_the_shipped_folder(tmp_path):
     from hdpainter.models import INPAINT_MODELS, resolve
 
-    assert Path(resolve("toy")) == ROOT / "src" / "hdpainter" / "toy" / "model" and Path(resolve("toy"), "unet").is_dir()
+    assert (
+        Path(resolve("toy")) == ROOT / "src" / "hdpainter" / "toy" / "model" and Path(resolve("toy"), "unet").is_dir()
+    )
     with pytest.raises(HDPainterError, match="'toy' model is missing from this installation"):
         resolve("toy", {**INPAINT_MODELS, "toy": str(tmp_path / "gone")})
 
 
+@pytest.mark.slow
 def test_the_shipped_model_paints_the_prompted_colour(toy):
     from hdpainter.core.blend import blend_region
     from hdpainter.painter import InpaintRequest, blend_dilation
@@ -194,8 +243,17 @@ def test_the_shipped_model_paints_the_prompted_colour(toy):
     cases = world.neglect_cases(12, seed=5)  # held out: four of each placement
     hits = both = 0
     for case in cases:
-        request = InpaintRequest.from_options(dict(prompt=case.prompt, steps=25, negative_prompt="", positive_prompt="",
-                                                   seed=case.index, working_size=256, sr_method="bicubic"))
+        request = InpaintRequest.from_options(
+            dict(
+                prompt=case.prompt,
+                steps=25,
+                negative_prompt="",
+                positive_prompt="",
+                seed=case.index,
+                working_size=256,
+                sr_method="bicubic",
+            )
+        )
         out = toy(case.image, case.mask, request, progress=False)[0]
         fractions = {c: world.color_fraction(out, case.mask, c) for c in world.COLORS}
         hits += max(fractions, key=fractions.get) == case.color and fractions[case.color] > 0.1
@@ -223,16 +281,33 @@ def test_the_shipped_model_runs_when_loaded_without_a_dtype():
     for dtype in (None, torch.float32):
         pipe = HDPainterPipeline.from_pretrained(resolve("toy"), **({"torch_dtype": dtype} if dtype else {}))
         pipe.set_progress_bar_config(disable=True)
-        results.append(np.asarray(pipe(case.prompt, case.image, case.mask, num_inference_steps=4, working_size=256,
-                                       generator=torch.Generator().manual_seed(0)).images[0], dtype=float))
+        results.append(
+            np.asarray(
+                pipe(
+                    case.prompt,
+                    case.image,
+                    case.mask,
+                    num_inference_steps=4,
+                    working_size=256,
+                    generator=torch.Generator().manual_seed(0),
+                ).images[0],
+                dtype=float,
+            )
+        )
     assert np.abs(results[0] - results[1]).mean() < 2.0
 
 
+@pytest.mark.slow
 def test_demo_command_writes_its_picture_offline(tmp_path):
     out = tmp_path / "demo.png"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # nothing to download: the model ships in the package
-    run = subprocess.run([sys.executable, "-m", "hdpainter.cli", "demo", "--output", str(out), "--steps", "20",
-                          "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "hdpainter.cli", "demo", "--output", str(out), "--steps", "20", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "scorer sees in the mask:" in run.stderr
     with PIL.Image.open(out) as sheet:

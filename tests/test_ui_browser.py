@@ -23,8 +23,14 @@ import pytest
 pytest.importorskip("gradio")
 playwright = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(os.environ.get("HDPAINTER_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 STROKE = 40  # screen px each side of the canvas centre, horizontally
 
@@ -49,9 +55,24 @@ def server(tiny_model_dir, tiny_upscaler_dir):
     """`hdpainter ui` in its own process, on a free port; yields its URL once it listens."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "hdpainter.cli", "ui", "--model", str(tiny_model_dir), "--upscaler", str(tiny_upscaler_dir),
-         "--port", str(port), "--working-size", "64"],
-        stderr=subprocess.PIPE, text=True, env=os.environ | {"TRANSFORMERS_VERBOSITY": "error"})
+        [
+            sys.executable,
+            "-m",
+            "hdpainter.cli",
+            "ui",
+            "--model",
+            str(tiny_model_dir),
+            "--upscaler",
+            str(tiny_upscaler_dir),
+            "--port",
+            str(port),
+            "--working-size",
+            "64",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"TRANSFORMERS_VERBOSITY": "error"},
+    )
     lines, ready = [], threading.Event()
 
     def read():
@@ -84,6 +105,7 @@ def upload_photo(page, path, attempts=3):
                 raise
 
 
+@pytest.mark.slow
 def test_paint_a_stroke_and_get_a_result(server, tmp_path):
     import httpx
     from skimage import data

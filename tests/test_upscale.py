@@ -34,8 +34,12 @@ def sr(upscaler_dir):
 def unet_spy(pipe):
     """Record every UNet call's input and output (a forward hook: the UNet itself is untouched)."""
     calls = []
-    handle = pipe.unet.register_forward_hook(lambda module, args, kwargs, out: calls.append(
-        dict(x=args[0].detach().clone(), t=args[1], labels=kwargs["class_labels"], out=out[0].detach().clone())), with_kwargs=True)
+    handle = pipe.unet.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(
+            dict(x=args[0].detach().clone(), t=args[1], labels=kwargs["class_labels"], out=out[0].detach().clone())
+        ),
+        with_kwargs=True,
+    )
     return calls, handle
 
 
@@ -44,7 +48,10 @@ def test_soft_mask_is_bicubic_then_torchvision_gaussian_blur():
     mask[30:60, 40:90] = True
     out = soft_mask(mask, (32, 24), 19)
     # independent: PIL bicubic of 0/255, then a normalised exp(−x²/2σ²) kernel with reflect padding, separably
-    small = np.asarray(PIL.Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).resize((32, 24), PIL.Image.BICUBIC)) / 255.0
+    small = (
+        np.asarray(PIL.Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).resize((32, 24), PIL.Image.BICUBIC))
+        / 255.0
+    )
     sigma = 0.3 * ((19 - 1) * 0.5 - 1) + 0.8
     assert blur_sigma(19) == pytest.approx(sigma) == pytest.approx(3.2)
     x = torch.arange(19, dtype=torch.float64) - 9
@@ -66,10 +73,16 @@ def test_canvas_is_the_references_geometry():
     low_res = PIL.Image.fromarray(rng.integers(0, 255, (75, 102, 3), dtype=np.uint8))
     canvas = make_canvas(original, PIL.Image.fromarray(mask), low_res, SRConfig())
     assert canvas.size == (408, 300)  # 4 × the low-res size
-    assert canvas.padded_size == (512, 512) and canvas.low_res.shape == (128, 128, 3) and canvas.blend_mask.shape == (128, 128)
+    assert (
+        canvas.padded_size == (512, 512)
+        and canvas.low_res.shape == (128, 128, 3)
+        and canvas.blend_mask.shape == (128, 128)
+    )
     hr = np.asarray(original.resize((408, 300), PIL.Image.BICUBIC))
     np.testing.assert_array_equal(canvas.image[:300, :408], hr)
-    np.testing.assert_array_equal(canvas.image[300:, :408], np.pad(hr, ((0, 212), (0, 0), (0, 0)), mode="reflect")[300:])
+    np.testing.assert_array_equal(
+        canvas.image[300:, :408], np.pad(hr, ((0, 212), (0, 0), (0, 0)), mode="reflect")[300:]
+    )
     np.testing.assert_array_equal(canvas.low_res[:75, :102], np.asarray(low_res))
     # the reference: bicubic mask, reflect pad to ×256, scipy binary_dilation 19 iterations (cross), any non-zero
     hr_mask = np.asarray(PIL.Image.fromarray(mask).resize((408, 300), PIL.Image.BICUBIC)) > 0
@@ -95,11 +108,26 @@ def test_plain_sr_equals_diffusers_upscale_pipeline(upscaler_dir, sr):
     latents = torch.randn(1, 4, 24, 32, generator=g)
     steps = []
     # diffusers draws the low-res noise from the generator first: hand it the same draw
-    theirs = ref("a cat", image=(low + 1) / 2, num_inference_steps=4, guidance_scale=7.5, noise_level=20, latents=latents,
-                 generator=torch.Generator().manual_seed(5), output_type="latent").images
+    theirs = ref(
+        "a cat",
+        image=(low + 1) / 2,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        noise_level=20,
+        latents=latents,
+        generator=torch.Generator().manual_seed(5),
+        output_type="latent",
+    ).images
     ref_noise = torch.randn(1, 3, 24, 32, generator=torch.Generator().manual_seed(5))
-    ours = sr("a cat", low, num_inference_steps=4, latents=latents, low_res_noise=ref_noise, output_type="latent",
-              callback_on_step_end=lambda p, i, t, d: steps.append(d)).images
+    ours = sr(
+        "a cat",
+        low,
+        num_inference_steps=4,
+        latents=latents,
+        low_res_noise=ref_noise,
+        output_type="latent",
+        callback_on_step_end=lambda p, i, t, d: steps.append(d),
+    ).images
     # diffusers' last step goes on to ᾱ_0 (set_alpha_to_one=False); ours stops at x̂0 (the reference's)
     a0 = float(sr.scheduler.alphas_cumprod[0])
     last = steps[-1]
@@ -166,13 +194,22 @@ def run_region(sr, scene, region, seed=0, context=128):
     calls, handle = unet_spy(sr)
     steps = []
     try:
-        patch = super_resolve(sr, original, mask, low_res, "a ball", SRConfig(num_inference_steps=3, region=region, context=context),
-                              torch.Generator().manual_seed(seed), callback_on_step_end=lambda p, i, t, d: steps.append(d["x0"]))
+        patch = super_resolve(
+            sr,
+            original,
+            mask,
+            low_res,
+            "a ball",
+            SRConfig(num_inference_steps=3, region=region, context=context),
+            torch.Generator().manual_seed(seed),
+            callback_on_step_end=lambda p, i, t, d, steps=steps: steps.append(d["x0"]),
+        )
     finally:
         handle.remove()
     return patch, sum(c["x"].shape[-1] * c["x"].shape[-2] for c in calls), steps[-1][0]
 
 
+@pytest.mark.slow
 def test_crop_equals_whole_away_from_the_crop_edges_and_costs_less(sr, scene):
     crop, crop_cost, crop_x0 = run_region(sr, scene, "crop")
     whole, whole_cost, whole_x0 = run_region(sr, scene, "whole")
@@ -182,7 +219,9 @@ def test_crop_equals_whole_away_from_the_crop_edges_and_costs_less(sr, scene):
     assert full.box == whole.box and np.array_equal(full.pixels, whole.pixels) and torch.equal(full_x0, whole_x0)
     x0, y0, x1, y1 = crop.box
     assert (x0, y0, x1, y1) == (224, 96, 608, 480)  # mask 380..460 × 260..330, dilated 19, 128 context, out to ×32
-    assert whole_cost == 1024 * 768 // 16 * 3 and crop_cost == 384 * 384 // 16 * 3  # latent pixels × 3 steps: 5.3× less
+    assert (
+        whole_cost == 1024 * 768 // 16 * 3 and crop_cost == 384 * 384 // 16 * 3
+    )  # latent pixels × 3 steps: 5.3× less
     # the same noise reaches the same pixels: inside the mask the crop's x̂0 is the whole run's up to the
     # UNet's global parts (group norms, the lowest level's self-attention), which see less of the photo.
     # Stated tolerance (random weights): under 30 % of what another seed changes.
@@ -198,13 +237,21 @@ def test_specialized_keeps_the_known_latents_and_baseline_does_not(sr, scene):
     results = {}
     for method in ("specialized", "baseline"):
         steps = []
-        patch = super_resolve(sr, original, mask, low_res, "a ball", SRConfig(method=method, num_inference_steps=2),
-                              torch.Generator().manual_seed(0), callback_on_step_end=lambda p, i, t, d: steps.append(d["x0"]))
+        patch = super_resolve(
+            sr,
+            original,
+            mask,
+            low_res,
+            "a ball",
+            SRConfig(method=method, num_inference_steps=2),
+            torch.Generator().manual_seed(0),
+            callback_on_step_end=lambda p, i, t, d, steps=steps: steps.append(d["x0"]),
+        )
         results[method] = (patch, steps)
     patch, steps = results["specialized"]
     x0, y0, x1, y1 = patch.box
     known = sr.encode_known(to_unit_range(canvas.image[y0:y1, x0:x1]))
-    far = torch.from_numpy(canvas.blend_mask[y0 // 4: y1 // 4, x0 // 4: x1 // 4] == 0)
+    far = torch.from_numpy(canvas.blend_mask[y0 // 4 : y1 // 4, x0 // 4 : x1 // 4] == 0)
     assert far.float().mean() > 0.3
     for x0_step in steps:
         torch.testing.assert_close(x0_step[0][:, far], known[0][:, far])
@@ -212,11 +259,19 @@ def test_specialized_keeps_the_known_latents_and_baseline_does_not(sr, scene):
     assert (base_steps[-1][0][:, far] - known[0][:, far]).abs().mean() > 0.1
 
 
-@pytest.mark.parametrize("setting, own, threshold, tiled", [
-    (True, False, None, True), (False, True, None, False), (None, False, None, False), (None, True, None, True),
-    (None, False, 100_000, True),  # auto: a 384x384 crop is over a 0.1 MP threshold
-])
-def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(sr, scene, monkeypatch, setting, own, threshold, tiled):
+@pytest.mark.parametrize(
+    "setting, own, threshold, tiled",
+    [
+        (True, False, None, True),
+        (False, True, None, False),
+        (None, False, None, False),
+        (None, True, None, True),
+        (None, False, 100_000, True),  # auto: a 384x384 crop is over a 0.1 MP threshold
+    ],
+)
+def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(
+    sr, scene, monkeypatch, setting, own, threshold, tiled
+):
     from unittest import mock
 
     import hdpainter.upscale
@@ -227,8 +282,15 @@ def test_vae_tiling_setting_is_used_and_the_pipelines_own_is_restored(sr, scene,
     sr.vae.use_tiling = own
     try:
         with mock.patch.object(sr.vae, "tiled_decode", wraps=sr.vae.tiled_decode) as spy:
-            super_resolve(sr, original, mask, low_res, "a ball", SRConfig(num_inference_steps=1, vae_tiling=setting),
-                          torch.Generator().manual_seed(0))
+            super_resolve(
+                sr,
+                original,
+                mask,
+                low_res,
+                "a ball",
+                SRConfig(num_inference_steps=1, vae_tiling=setting),
+                torch.Generator().manual_seed(0),
+            )
         assert spy.called == tiled
         assert sr.vae.use_tiling is own
     finally:

@@ -102,7 +102,9 @@ def _project(attn, hidden_states, context):
         context = hidden_states
     elif attn.norm_cross:
         context = attn.norm_encoder_hidden_states(context)
-    q, k, v = (_heads(p(x), attn.heads) for p, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context)))
+    q, k, v = (
+        _heads(p(x), attn.heads) for p, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context))
+    )
     if attn.norm_q is not None:
         q, k = attn.norm_q(q), attn.norm_k(k)
     return q, k, v
@@ -124,7 +126,9 @@ class PaintaSelfAttention:
         self.norm2 = block.norm2  # the cross-attention's input norm and projections, borrowed (METHOD §3.2)
         self.attn2 = block.attn2
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, hdpainter=None):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, hdpainter=None
+    ):
         state: AttentionGuidance | None = hdpainter
         q, k, v = _project(attn, hidden_states, None)
         sdpa_mask = _sdpa_mask(attn, attention_mask, hidden_states.shape[1], hidden_states.shape[0])
@@ -137,7 +141,9 @@ class PaintaSelfAttention:
             relevance = state.relevance[self.name]  # c comes from the conditional half (METHOD §3.3)
         else:
             x, text = (state.conditional_rows(t) for t in state.block_inputs.pop(self.block_id))
-            y = _output(attn, state.conditional_rows(plain), state.conditional_rows(hidden_states))  # SA(X), unmodified
+            y = _output(
+                attn, state.conditional_rows(plain), state.conditional_rows(hidden_states)
+            )  # SA(X), unmodified
             if self.attn2.norm_cross:
                 text = self.attn2.norm_encoder_hidden_states(text)
             q_c = _heads(self.attn2.to_q(self.norm2(x + y)), self.attn2.heads)
@@ -147,19 +153,29 @@ class PaintaSelfAttention:
             if state.role == "cond":
                 state.relevance[self.name] = relevance.detach()
         mask = state.per_row(state.masks[divisor])
-        out = painta_attention(q, k, v, state.per_row(relevance).to(q.dtype), mask, plain=plain,
-                               shared_rows=state.shared_rows(divisor), scale=attn.scale)
+        out = painta_attention(
+            q,
+            k,
+            v,
+            state.per_row(relevance).to(q.dtype),
+            mask,
+            plain=plain,
+            shared_rows=state.shared_rows(divisor),
+            scale=attn.scale,
+        )
         return _output(attn, out, hidden_states)
 
 
 class RasgCrossAttention:
     """Cross-attention (attn2) that also hands its pre-softmax logits on the RASG grid to the state."""
 
-    def __init__(self, name: str, layout: "UNetLayout"):
+    def __init__(self, name: str, layout: UNetLayout):
         self.name = name
         self.layout = layout
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, hdpainter=None):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, hdpainter=None
+    ):
         state: AttentionGuidance | None = hdpainter
         q, k, v = _project(attn, hidden_states, encoder_hidden_states)
         sdpa_mask = _sdpa_mask(attn, attention_mask, k.shape[2], hidden_states.shape[0])
@@ -225,8 +241,12 @@ def _block_input_hook(block: torch.nn.Module):
 def _transformer_blocks(unet: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
     for name, module in unet.named_modules():
         attn1, attn2 = getattr(module, "attn1", None), getattr(module, "attn2", None)
-        if (attn1 is not None and attn2 is not None and getattr(module, "norm_type", None) == "layer_norm"
-                and not getattr(module, "only_cross_attention", False)):
+        if (
+            attn1 is not None
+            and attn2 is not None
+            and getattr(module, "norm_type", None) == "layer_norm"
+            and not getattr(module, "only_cross_attention", False)
+        ):
             yield name, module
 
 

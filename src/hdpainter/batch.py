@@ -44,7 +44,7 @@ class BatchSummary:
 
 
 def collect_items(source: str | os.PathLike, prompt: str | None) -> list[BatchItem]:
-    """The items of a folder (x.png + x_mask.png, one prompt for all) or a manifest (.csv / .jsonl), in a fixed order."""
+    """The items of a folder (x.png + x_mask.png, one prompt for all) or a manifest (.csv / .jsonl), in fixed order."""
     path = Path(source)
     if path.is_dir():
         if prompt is None:
@@ -61,7 +61,9 @@ def collect_items(source: str | os.PathLike, prompt: str | None) -> list[BatchIt
     seen: dict[str, int] = {}
     for k, item in enumerate(items):
         if item.name in seen:
-            raise HDPainterError(f"items {seen[item.name] + 1} and {k + 1} would both write {item.name}{OUTPUT_SUFFIX}: rename one")
+            raise HDPainterError(
+                f"items {seen[item.name] + 1} and {k + 1} would both write {item.name}{OUTPUT_SUFFIX}: rename one"
+            )
         seen[item.name] = k
     return items
 
@@ -98,8 +100,13 @@ def _manifest_items(manifest: Path, prompt: str | None) -> list[BatchItem]:
     items = []
     for number, row in enumerate(rows, 1):
         image, mask = row.get("image") or "", row.get("mask") or ""
-        item = BatchItem(Path(image).stem or f"row-{number}", manifest.parent / image if image else None,
-                         manifest.parent / mask if mask else None, row.get("prompt") or prompt, error=row.get("_error"))
+        item = BatchItem(
+            Path(image).stem or f"row-{number}",
+            manifest.parent / image if image else None,
+            manifest.parent / mask if mask else None,
+            row.get("prompt") or prompt,
+            error=row.get("_error"),
+        )
         item.options = {k: v for k, v in row.items() if k not in MANIFEST_FILES and k != "_error" and _given(k, v)}
         if item.error is None and (not image or not mask):
             item.error = f"row {number}: image and mask are both needed"
@@ -139,7 +146,7 @@ def run_items(
     world: int = 1,
     progress: bool = True,
 ) -> BatchSummary:
-    """Run this rank's share of `items` (every `world`-th), skipping finished ones; a failing item is recorded, not fatal.
+    """Run this rank's share of `items` (every `world`-th), skipping finished ones; a failing item is recorded.
 
     `process(item)` returns the item's images and each one's metadata; `samples(item)` how many files it writes.
     """
@@ -147,8 +154,13 @@ def run_items(
 
     summary = BatchSummary()
     mine = items[rank::world]
-    bar = tqdm(mine, desc=f"batch (rank {rank}/{world})" if world > 1 else "batch", unit="item",
-               disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        mine,
+        desc=f"batch (rank {rank}/{world})" if world > 1 else "batch",
+        unit="item",
+        disable=not progress,
+        file=sys.stderr,
+    )
     for item in bar:
         remove_stale_temporaries(item, out_dir)
         if not item.error and finished(item, out_dir, samples(item)):
@@ -170,5 +182,7 @@ def run_items(
             summary.failed.append((item.name, f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]))
         else:
             summary.written.append(item.name)
-            bar.write(f"{out_dir / item.name}{OUTPUT_SUFFIX}  ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+            bar.write(
+                f"{out_dir / item.name}{OUTPUT_SUFFIX}  ({time.perf_counter() - started:.1f} s)", file=sys.stderr
+            )
     return summary

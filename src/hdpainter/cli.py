@@ -29,7 +29,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown by the parser; options without a meaningful default ('None') show none."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.default is argparse.SUPPRESS or "%(default)" in (action.help or ""):
+        if (
+            action.default in (None, False)
+            or action.default is argparse.SUPPRESS
+            or "%(default)" in (action.help or "")
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -62,24 +66,37 @@ def add_request_options(parser, keys=None, defaults: dict | None = None) -> None
 
 def _add_load_options(p: argparse.ArgumentParser, upscaler: bool = True) -> None:
     """How models are loaded (not part of a request)."""
-    p.add_argument("--model", default="sd2", help="sd2 (the paper's), sd15, ds8, toy, a hub id or a local diffusers "
-                   "folder / .safetensors file")
+    p.add_argument(
+        "--model",
+        default="sd2",
+        help="sd2 (the paper's), sd15, ds8, toy, a hub id or a local diffusers folder / .safetensors file",
+    )
     if upscaler:
-        p.add_argument("--upscaler", default="x4", help="x4 (stabilityai/stable-diffusion-x4-upscaler), a hub id or a "
-                       "local diffusers folder")
+        p.add_argument(
+            "--upscaler",
+            default="x4",
+            help="x4 (stabilityai/stable-diffusion-x4-upscaler), a hub id or a local diffusers folder",
+        )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
     mem = p.add_argument_group("memory")
-    mem.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (CUDA only; "
-                     "slower, much less GPU memory)")
-    mem.add_argument("--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)")
+    mem.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="keep models on the CPU until they run (CUDA only; slower, much less GPU memory)",
+    )
+    mem.add_argument(
+        "--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)"
+    )
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
 
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="hdpainter", description="Prompt-faithful text-guided inpainting (HD-Painter).")
+    parser = argparse.ArgumentParser(
+        prog="hdpainter", description="Prompt-faithful text-guided inpainting (HD-Painter)."
+    )
     parser.add_argument("--version", action="version", version=f"hdpainter {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -90,67 +107,111 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="input image (any format Pillow reads)")
     p.add_argument("--mask", required=True, help="mask of the same size, white (>127) = fill")
     p.add_argument("--prompt", required=True, help="what to paint in the masked region")
-    p.add_argument("--output", required=True, help="output file (.png keeps the parameters in its metadata); "
-                   "with --num-samples K > 1, files OUT-1.png … OUT-K.png")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output file (.png keeps the parameters in its metadata); "
+        "with --num-samples K > 1, files OUT-1.png … OUT-K.png",
+    )
     _add_generation_options(p)
     b = command("batch", "inpaint a folder of images with masks, or a CSV/JSONL manifest; resumable")
-    b.add_argument("input", help="a folder of x.png + x_mask.png pairs, or a .csv/.jsonl manifest (columns image, mask, "
-                   "prompt, and any option of inpaint spelled as its flag without dashes: seed, steps, sr_method, …; "
-                   "paths relative to the manifest)")
+    b.add_argument(
+        "input",
+        help="a folder of x.png + x_mask.png pairs, or a .csv/.jsonl manifest (columns image, mask, "
+        "prompt, and any option of inpaint spelled as its flag without dashes: seed, steps, sr_method, …; "
+        "paths relative to the manifest)",
+    )
     b.add_argument("--output", required=True, help="output folder (created if missing): DIR/x.png for input x")
-    b.add_argument("--prompt", default=None, help="the prompt for every item (a manifest's own prompts take precedence)")
+    b.add_argument(
+        "--prompt", default=None, help="the prompt for every item (a manifest's own prompts take precedence)"
+    )
     _add_generation_options(b)
     command("models", "list the short model names and whether each is in the local hub cache")
-    d = command("demo", "offline demo: a toy scene, a mask on empty background, the shipped toy model paints the "
-                "prompt; writes a before/after PNG")
+    d = command(
+        "demo",
+        "offline demo: a toy scene, a mask on empty background, the shipped toy model paints the "
+        "prompt; writes a before/after PNG",
+    )
     d.add_argument("--output", default="demo.png", help="the before/after image")
-    d.add_argument("--prompt", default="a red circle", help="a colour (red, green, blue, yellow) and a shape (circle, "
-                   "square, triangle)")
+    d.add_argument(
+        "--prompt",
+        default="a red circle",
+        help="a colour (red, green, blue, yellow) and a shape (circle, square, triangle)",
+    )
     add_request_options(d, ("method", "steps", "guidance_scale", "vanilla_scale", "seed"), DEMO_DEFAULTS)
     d.add_argument("--model", default="toy", help="toy (shipped) or a folder of another toy-world model")
     d.add_argument("--device", default=None)
-    e = command("eval", "the paper's MSCOCO evaluation: generate, score (CLIP, accuracy, PickScore, aesthetics, "
-                "known-region PSNR) and tabulate; resumable, data-parallel under torchrun")
+    e = command(
+        "eval",
+        "the paper's MSCOCO evaluation: generate, score (CLIP, accuracy, PickScore, aesthetics, "
+        "known-region PSNR) and tabulate; resumable, data-parallel under torchrun",
+    )
     e.add_argument("--coco", required=True, help="COCO folder with annotations/instances_val2017.json and val2017/")
     e.add_argument("--out", required=True, help="run folder (created; re-running resumes)")
     e.add_argument("--methods", default="baseline,painta,rasg,painta+rasg", help="comma-separated")
-    e.add_argument("--pairs", default=None, help="the reference's pair list (CSV image_idx,segment_idx); default: our "
-                   "seeded sampler")
+    e.add_argument(
+        "--pairs",
+        default=None,
+        help="the reference's pair list (CSV image_idx,segment_idx); default: our seeded sampler",
+    )
     e.add_argument("--sample", type=int, default=None, help="pairs the sampler draws (default 10000, or all if fewer)")
     e.add_argument("--sample-seed", type=int, default=0, help="the sampler's seed")
     e.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     e.add_argument("--polygon", action="store_true", help="masks from the exact polygons instead of their convex hull")
     e.add_argument("--size", type=int, default=512, help="long side of the evaluation images (the paper's 512)")
-    add_request_options(e, ("seed", "steps", "guidance_scale", "rasg_eta", "rasg_sigma", "negative_prompt",
-                            "positive_prompt"), EVAL_OPTIONS)
-    e.add_argument("--metrics", default=None, help="comma-separated from clip, accuracy, pickscore, aesthetic, psnr, "
-                   "lpips (default: all but lpips; lpips too when the lpips package is installed)")
+    add_request_options(
+        e,
+        ("seed", "steps", "guidance_scale", "rasg_eta", "rasg_sigma", "negative_prompt", "positive_prompt"),
+        EVAL_OPTIONS,
+    )
+    e.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated from clip, accuracy, pickscore, aesthetic, psnr, "
+        "lpips (default: all but lpips; lpips too when the lpips package is installed)",
+    )
     e.add_argument("--clip-model", default=None, help="CLIP score model (default openai/clip-vit-base-patch16)")
     e.add_argument("--detector", default=None, help="COCO detector for accuracy (default PekingU/rtdetr_r50vd)")
     e.add_argument("--pickscore-model", default=None, help="default yuvalkirstain/PickScore_v1")
     e.add_argument("--pickscore-processor", default=None, help="default laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
-    e.add_argument("--pick-reference", default=None, help="method PickScore compares against (default: the first of "
-                   "--methods)")
+    e.add_argument(
+        "--pick-reference", default=None, help="method PickScore compares against (default: the first of --methods)"
+    )
     e.add_argument("--aesthetic-clip", default=None, help="default openai/clip-vit-large-patch14")
-    e.add_argument("--aesthetic-head", default=None, help="LAION's MLP as REPO:FILE, DIR:FILE or a file "
-                   "(default camenduru/improved-aesthetic-predictor:sac+logos+ava1-l14-linearMSE.pth)")
+    e.add_argument(
+        "--aesthetic-head",
+        default=None,
+        help="LAION's MLP as REPO:FILE, DIR:FILE or a file "
+        "(default camenduru/improved-aesthetic-predictor:sac+logos+ava1-l14-linearMSE.pth)",
+    )
     e.add_argument("--contact-sheet", type=int, default=6, help="pairs in contact_sheet.png (0: none)")
     _add_load_options(e, upscaler=False)
     u = command("ui", "a local web UI: upload an image, paint the mask, type a prompt")
-    u.add_argument("--model", action="append", default=None,
-                   help="a model to offer (repeat for several; the first is loaded at start; default sd2). "
-                        "Short name, hub id or local folder: only these can be chosen in the browser")
-    u.add_argument("--upscaler", default="x4", help="x4, a hub id or a local diffusers folder; 'none': stage 2 by "
-                   "bicubic resize only")
+    u.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a model to offer (repeat for several; the first is loaded at start; default sd2). "
+        "Short name, hub id or local folder: only these can be chosen in the browser",
+    )
+    u.add_argument(
+        "--upscaler",
+        default="x4",
+        help="x4, a hub id or a local diffusers folder; 'none': stage 2 by bicubic resize only",
+    )
     u.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)")
-    u.add_argument("--lan", action="store_true", help="listen on all interfaces (0.0.0.0): others on your network can use it")
+    u.add_argument(
+        "--lan", action="store_true", help="listen on all interfaces (0.0.0.0): others on your network can use it"
+    )
     u.add_argument("--port", type=int, default=7860, help="port")
     u.add_argument("--max-upload-mb", type=int, default=25, help="largest file a browser may upload, in MB")
     add_request_options(u, ("working_size",))
     u.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     u.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
     u.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (CUDA only)")
-    u.add_argument("--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)")
+    u.add_argument(
+        "--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)"
+    )
     u.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
     return parser
 
@@ -159,9 +220,14 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     """What `inpaint` and `batch` share: every request option, how the mask file is read, how models load."""
     add_request_options(p)
     masks = p.add_argument_group("reading the mask file")
-    masks.add_argument("--mask-color", default=None, help="the mask file is a picture: pixels of this colour (R,G,B or "
-                       "#rrggbb) are the mask")
-    masks.add_argument("--mask-tolerance", type=int, default=32, help="with --mask-color: per-channel tolerance (0..255)")
+    masks.add_argument(
+        "--mask-color",
+        default=None,
+        help="the mask file is a picture: pixels of this colour (R,G,B or #rrggbb) are the mask",
+    )
+    masks.add_argument(
+        "--mask-tolerance", type=int, default=32, help="with --mask-color: per-channel tolerance (0..255)"
+    )
     _add_load_options(p)
 
 
@@ -187,9 +253,15 @@ def load_painter(args: argparse.Namespace, upscale: bool, device=None):
     if upscale:
         resolve(args.upscaler, UPSCALER_MODELS)  # an unknown name or missing folder fails before any loading
     device, dtype = default_device_and_dtype(device or args.device, None if args.dtype == "auto" else args.dtype)
-    return HDPainter.from_pretrained(args.model, upscaler=args.upscaler if upscale else None, device=device, dtype=dtype,
-                                     local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
-                                     attention_slicing=args.attention_slicing)
+    return HDPainter.from_pretrained(
+        args.model,
+        upscaler=args.upscaler if upscale else None,
+        device=device,
+        dtype=dtype,
+        local_files_only=args.local_files_only,
+        cpu_offload=args.cpu_offload,
+        attention_slicing=args.attention_slicing,
+    )
 
 
 def load_mask(args: argparse.Namespace, path=None):
@@ -291,7 +363,10 @@ def batch(args: argparse.Namespace) -> int:
         counts = total.tolist()
         dist.destroy_process_group()
     if rank == 0:
-        print(f"batch: {counts[0]} written, {counts[1]} already done, {counts[2]} failed, of {len(items)}", file=sys.stderr)
+        print(
+            f"batch: {counts[0]} written, {counts[1]} already done, {counts[2]} failed, of {len(items)}",
+            file=sys.stderr,
+        )
     return 1 if summary.failed or counts[2] else 0
 
 
@@ -304,13 +379,25 @@ def models(args: argparse.Namespace) -> int:
     for name, kind, repo, cached in known_models():
         default = name in (DEFAULT_INPAINT_MODEL, DEFAULT_UPSCALER)
         if os.path.isabs(repo):  # shipped inside the package, not on the hub
-            repo, cached = "(shipped with hdpainter)", "yes (in the package)" if cached else "missing from this install"
-        rows.append((name + (" (default)" if default else ""), kind, repo, cached if isinstance(cached, str) else "yes" if cached else "no"))
+            repo, cached = (
+                "(shipped with hdpainter)",
+                "yes (in the package)" if cached else "missing from this install",
+            )
+        rows.append(
+            (
+                name + (" (default)" if default else ""),
+                kind,
+                repo,
+                cached if isinstance(cached, str) else "yes" if cached else "no",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
-    print(f"\ncache: {constants.HF_HUB_CACHE} (set HF_HOME or HF_HUB_CACHE to move it). --model and --upscaler "
-          "also take any hub id or a local diffusers folder; --local-files-only never contacts the hub.")
+    print(
+        f"\ncache: {constants.HF_HUB_CACHE} (set HF_HOME or HF_HUB_CACHE to move it). --model and --upscaler "
+        "also take any hub id or a local diffusers folder; --local-files-only never contacts the hub."
+    )
     return 0
 
 
@@ -326,16 +413,30 @@ def demo(args: argparse.Namespace) -> int:
     image_format(output)
     if not output.parent.is_dir():
         raise HDPainterError(f"output folder does not exist: {output.parent}")
-    request = InpaintRequest.from_options(request_options(args) | dict(
-        prompt=args.prompt, negative_prompt="", positive_prompt="", working_size=TOY_WORKING_SIZE, sr_method="bicubic"))
+    request = InpaintRequest.from_options(
+        request_options(args)
+        | dict(
+            prompt=args.prompt,
+            negative_prompt="",
+            positive_prompt="",
+            working_size=TOY_WORKING_SIZE,
+            sr_method="bicubic",
+        )
+    )
     image, mask = demo_scene(args.seed)
     painter = HDPainter.from_pretrained(args.model, upscaler=None, device=args.device)
     result = painter(image, mask, request)
     found = world.classify(result.images[0], mask)
-    save_image(before_after(image, mask, result.images[0], args.prompt, found), output,
-               result.metadata[0] | {"scorer_sees": " ".join(v or "-" for v in found)})
+    save_image(
+        before_after(image, mask, result.images[0], args.prompt, found),
+        output,
+        result.metadata[0] | {"scorer_sees": " ".join(v or "-" for v in found)},
+    )
     print(output)
-    print(f"scorer sees in the mask: {' '.join(v for v in found if v) or 'no shape'} (asked for {args.prompt!r})", file=sys.stderr)
+    print(
+        f"scorer sees in the mask: {' '.join(v for v in found if v) or 'no shape'} (asked for {args.prompt!r})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -343,17 +444,43 @@ def evaluate(args: argparse.Namespace) -> int:
     from .eval import metrics as M
     from .eval.run import EvalConfig, run_eval
 
-    names = [m.strip() for m in args.metrics.split(",")] if args.metrics else \
-        list(M.DEFAULT_METRICS) + (["lpips"] if M.lpips_available() else [])
-    models = {k: v for k, v in (("clip_model", args.clip_model), ("detector", args.detector),
-                                ("pickscore_model", args.pickscore_model), ("pickscore_processor", args.pickscore_processor),
-                                ("aesthetic_clip", args.aesthetic_clip), ("aesthetic_head", args.aesthetic_head)) if v}
+    names = (
+        [m.strip() for m in args.metrics.split(",")]
+        if args.metrics
+        else list(M.DEFAULT_METRICS) + (["lpips"] if M.lpips_available() else [])
+    )
+    models = {
+        k: v
+        for k, v in (
+            ("clip_model", args.clip_model),
+            ("detector", args.detector),
+            ("pickscore_model", args.pickscore_model),
+            ("pickscore_processor", args.pickscore_processor),
+            ("aesthetic_clip", args.aesthetic_clip),
+            ("aesthetic_head", args.aesthetic_head),
+        )
+        if v
+    }
     config = EvalConfig(
-        coco=args.coco, out=args.out, methods=[m.strip() for m in args.methods.split(",") if m.strip()], model=args.model,
-        pairs_file=args.pairs, sample=args.sample, sample_seed=args.sample_seed, limit=args.limit, hull=not args.polygon,
-        size=args.size, options=request_options(args), metrics=names, pick_reference=args.pick_reference,
-        contact_sheet=args.contact_sheet, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
-        local_files_only=args.local_files_only, **models)
+        coco=args.coco,
+        out=args.out,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        model=args.model,
+        pairs_file=args.pairs,
+        sample=args.sample,
+        sample_seed=args.sample_seed,
+        limit=args.limit,
+        hull=not args.polygon,
+        size=args.size,
+        options=request_options(args),
+        metrics=names,
+        pick_reference=args.pick_reference,
+        contact_sheet=args.contact_sheet,
+        device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+        local_files_only=args.local_files_only,
+        **models,
+    )
     markdown, failures = run_eval(config)
     if markdown:
         print(markdown)
@@ -370,7 +497,9 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as exc:
         reason = "the port is in use" if exc.errno in (98, 48, 10048) else exc.strerror or str(exc)
-        raise HDPainterError(f"cannot listen on {host}:{port}: {reason}; choose another with --port or --host") from None
+        raise HDPainterError(
+            f"cannot listen on {host}:{port}: {reason}; choose another with --port or --host"
+        ) from None
 
 
 def ui(args: argparse.Namespace) -> int:
@@ -398,10 +527,17 @@ def ui(args: argparse.Namespace) -> int:
     upscaler = None if args.upscaler.lower() == "none" else args.upscaler
     if upscaler is not None:
         resolve(upscaler, UPSCALER_MODELS)
-    config = UIConfig(models=models, upscaler=upscaler, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
-                      local_files_only=args.local_files_only, cpu_offload=args.cpu_offload,
-                      attention_slicing=args.attention_slicing, working_size=args.working_size,
-                      max_upload_mb=args.max_upload_mb)
+    config = UIConfig(
+        models=models,
+        upscaler=upscaler,
+        device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+        local_files_only=args.local_files_only,
+        cpu_offload=args.cpu_offload,
+        attention_slicing=args.attention_slicing,
+        working_size=args.working_size,
+        max_upload_mb=args.max_upload_mb,
+    )
     app = InpaintApp(config)
     try:
         print(f"loading {models[0]} …", file=sys.stderr)
@@ -411,7 +547,9 @@ def ui(args: argparse.Namespace) -> int:
         try:
             launch(app, host, args.port)
         except OSError:
-            raise HDPainterError(f"cannot listen on {host}:{args.port}: the port is in use; choose another with --port") from None
+            raise HDPainterError(
+                f"cannot listen on {host}:{args.port}: the port is in use; choose another with --port"
+            ) from None
     finally:
         app.close()
     return 0
@@ -422,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation chatter is not for the terminal
         try:
-            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui, "eval": evaluate, "demo": demo}[args.command](args)
+            return {"inpaint": inpaint, "batch": batch, "models": models, "ui": ui, "eval": evaluate, "demo": demo}[
+                args.command
+            ](args)
         except OptionError as exc:  # the command line names options by their flags
             print(f"hdpainter: error: {exc.for_cli()}", file=sys.stderr)
             return 2
@@ -434,8 +574,11 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         except Exception as exc:
             if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-                print("hdpainter: error: out of memory; try --dtype float16 on a GPU, fewer samples or a smaller working size",
-                      file=sys.stderr)
+                print(
+                    "hdpainter: error: out of memory; try --dtype float16 on a GPU, fewer samples or a smaller "
+                    "working size",
+                    file=sys.stderr,
+                )
                 return 1
             raise
 

@@ -9,9 +9,8 @@ from typing import Literal
 import numpy as np
 import PIL.Image
 
-from .errors import HDPainterError
-
 from .defaults import WORKING_SIZE  # noqa: F401  (long side of stage 1's working resolution; re-exported)
+from .errors import HDPainterError
 
 PAD_MULTIPLE = 64  # images are padded right/bottom to a multiple of this
 MASK_THRESHOLD = 127  # input mask pixels above this count as "fill" (non-binary masks are thresholded)
@@ -123,11 +122,15 @@ def feather_alpha(mask: PIL.Image.Image, pixels: int) -> np.ndarray:
     binary = (np.asarray(mask.convert("L")) > 0).astype(np.float64)
     if pixels <= 0:
         return binary
-    alpha = cv2.GaussianBlur(binary, (2 * pixels + 1, 2 * pixels + 1), sigmaX=pixels / 3, borderType=cv2.BORDER_REPLICATE)
+    alpha = cv2.GaussianBlur(
+        binary, (2 * pixels + 1, 2 * pixels + 1), sigmaX=pixels / 3, borderType=cv2.BORDER_REPLICATE
+    )
     return np.clip(alpha, 0.0, 1.0)
 
 
-def feather_paste(original: PIL.Image.Image, result: PIL.Image.Image, mask: PIL.Image.Image, pixels: int) -> PIL.Image.Image:
+def feather_paste(
+    original: PIL.Image.Image, result: PIL.Image.Image, mask: PIL.Image.Image, pixels: int
+) -> PIL.Image.Image:
     """`result` over `original` through the feathered mask: a soft edge instead of the blend's own."""
     alpha = feather_alpha(mask, pixels)[..., None]
     base = np.asarray(original.convert("RGB"), dtype=np.float64)
@@ -213,7 +216,9 @@ class PreparedInput:
 def prepare(image: PIL.Image.Image, mask: PIL.Image.Image, long_side: int = WORKING_SIZE) -> PreparedInput:
     """Resize image and mask (bicubic) to the working size, binarise (non-zero), dilate 1 px, pad to ×64."""
     if image.size != mask.size:
-        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+        raise HDPainterError(
+            f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match"
+        )
     check_size(image.size, "image")
     binary = np.asarray(mask.convert("L")) > 0
     if not binary.any():
@@ -222,7 +227,9 @@ def prepare(image: PIL.Image.Image, mask: PIL.Image.Image, long_side: int = WORK
         raise HDPainterError("mask covers the whole image: nothing is left to condition on")
     size = working_size(image.size, long_side)
     if min(size) < MIN_SIDE:
-        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]}: too elongated for a {long_side} px working size")
+        raise HDPainterError(
+            f"image is {image.size[0]}x{image.size[1]}: too elongated for a {long_side} px working size"
+        )
     small = np.asarray(image.convert("RGB").resize(size, resample=PIL.Image.BICUBIC))
     small_mask = dilate_cross(resize_mask(binary, size) != 0)
     pw, ph = padded_size(size)
@@ -257,8 +264,13 @@ def cubic_weights(outputs: np.ndarray, first: int, count: int, scale: float, ful
     return w / w.sum(axis=1, keepdims=True)
 
 
-def resize_window(source: np.ndarray, offset: tuple[int, int], full: tuple[int, int], size: tuple[int, int],
-                  window: tuple[int, int, int, int]) -> np.ndarray:
+def resize_window(
+    source: np.ndarray,
+    offset: tuple[int, int],
+    full: tuple[int, int],
+    size: tuple[int, int],
+    window: tuple[int, int, int, int],
+) -> np.ndarray:
     """Pixels `window` (x0, y0, x1, y1) of the bicubic resize to `size` (w, h) of a `full` (w, h) image, of which
     `source` ((h, w, 3) uint8) is the part at `offset` (x, y). Each output pixel's weights depend on its position
     only, so any window equals the same window of the whole resize (given the taps: `source` must cover them)."""

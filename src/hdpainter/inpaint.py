@@ -25,7 +25,9 @@ from .errors import HDPainterError
 from .request import GuidanceConfig, option_index
 from .schedule import DDIMSchedule
 
-LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
+LOSS_SCALE = (
+    1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
+)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 __all__ = ["GuidanceConfig", "HDPainterPipeline", "guided_prediction"]
@@ -67,19 +69,38 @@ class Conditioning:
 
 
 def _unet(unet, x, t, embeds, cond: Conditioning, role, painta_divisors=(), rasg_divisors=(), relevance=None):
-    state = AttentionGuidance(cond.latent_size, role, cond.token_mask, cond.grid_masks, painta_divisors, rasg_divisors,
-                              end_graph_after_rasg=bool(rasg_divisors), relevance=relevance if relevance is not None else {},
-                              latent_factor=cond.latent_factor)
+    state = AttentionGuidance(
+        cond.latent_size,
+        role,
+        cond.token_mask,
+        cond.grid_masks,
+        painta_divisors,
+        rasg_divisors,
+        end_graph_after_rasg=bool(rasg_divisors),
+        relevance=relevance if relevance is not None else {},
+        latent_factor=cond.latent_factor,
+    )
     image = cond.image.repeat(x.shape[0] // cond.image.shape[0], 1, 1, 1)
     t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    out = unet(torch.cat([x, image], dim=1), t_batch, encoder_hidden_states=embeds,
-               cross_attention_kwargs={STATE_KEY: state}, return_dict=False)[0]
+    out = unet(
+        torch.cat([x, image], dim=1),
+        t_batch,
+        encoder_hidden_states=embeds,
+        cross_attention_kwargs={STATE_KEY: state},
+        return_dict=False,
+    )[0]
     return out, state
 
 
 def guided_prediction(
-    unet, latents: torch.Tensor, t: int, cond: Conditioning, guidance_scale: float, guidance: GuidanceConfig,
-    painta_on: bool, gradient_on: bool,
+    unet,
+    latents: torch.Tensor,
+    t: int,
+    cond: Conditioning,
+    guidance_scale: float,
+    guidance: GuidanceConfig,
+    painta_on: bool,
+    gradient_on: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One UNet evaluation of a sampling step: the CFG-combined output, and ∇_{x_t} L of RASG's objective
     (float32; None unless `gradient_on`).
@@ -93,19 +114,31 @@ def guided_prediction(
     gradient = None
     if gradient_on:
         x = latents.detach().requires_grad_(True)
-        with torch.enable_grad():  # the last RASG layer switches recording off for the rest of the pass; this restores it
+        with (
+            torch.enable_grad()
+        ):  # the last RASG layer switches recording off for the rest of the pass; this restores it
             out_cond, state = _unet(unet, x, t, cond.cond_embeds, cond, "cond", painta, (guidance.rasg_grid,))
         with torch.enable_grad():
-            loss = rasg_objective(state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grid],
-                                  guidance.rasg_logit_offset)
+            loss = rasg_objective(
+                state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grid], guidance.rasg_logit_offset
+            )
             (grad,) = torch.autograd.grad(loss.sum() * LOSS_SCALE, x)
         out_cond = out_cond.detach()
         gradient = grad.float() / LOSS_SCALE
         if do_cfg:
-            out_uncond, _ = _unet(unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance)
+            out_uncond, _ = _unet(
+                unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance
+            )
     elif do_cfg:
-        out, _ = _unet(unet, torch.cat([latents, latents]), t, torch.cat([cond.uncond_embeds, cond.cond_embeds]), cond,
-                       "cfg", painta)
+        out, _ = _unet(
+            unet,
+            torch.cat([latents, latents]),
+            t,
+            torch.cat([cond.uncond_embeds, cond.cond_embeds]),
+            cond,
+            "cfg",
+            painta,
+        )
         out_uncond, out_cond = out.chunk(2)
     else:
         out_cond, _ = _unet(unet, latents, t, cond.cond_embeds, cond, "cond", painta)
@@ -160,7 +193,9 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
             elif new.shape[0] >= rows:
                 cond.cond_embeds = new[-rows:]
             else:
-                raise HDPainterError(f"the step callback returned prompt_embeds for {new.shape[0]} samples; {rows} are sampled")
+                raise HDPainterError(
+                    f"the step callback returned prompt_embeds for {new.shape[0]} samples; {rows} are sampled"
+                )
         if not self.do_classifier_free_guidance:
             cond.uncond_embeds = None
         return outputs.get("latents", latents)
@@ -225,33 +260,51 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
         if output_type not in OUTPUT_TYPES:
             raise HDPainterError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
         if working_size % self.vae_scale_factor:
-            raise HDPainterError(f"working_size must be a multiple of the VAE's factor {self.vae_scale_factor}, got {working_size}")
+            raise HDPainterError(
+                f"working_size must be a multiple of the VAE's factor {self.vae_scale_factor}, got {working_size}"
+            )
         if num_images_per_prompt < 1:
             raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
         if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
-            raise HDPainterError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
+            raise HDPainterError(
+                f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}, "
+                f"got {num_inference_steps}"
+            )
         if self.unet.config.in_channels != 9:
-            raise HDPainterError(f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model is needed")
+            raise HDPainterError(
+                f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model "
+                "is needed"
+            )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
-            raise HDPainterError(f"callback_on_step_end_tensor_inputs may hold {', '.join(self._callback_tensor_inputs)}, "
-                                 f"not {sorted(unknown)}")
+            raise HDPainterError(
+                f"callback_on_step_end_tensor_inputs may hold {', '.join(self._callback_tensor_inputs)}, "
+                f"not {sorted(unknown)}"
+            )
         self._guidance_scale = guidance_scale
         self._interrupt = False
         prompts = _as_list(prompt, "prompt")
         if not all(isinstance(p, str) for p in prompts):
             raise HDPainterError("prompt must be a string or a list of strings")
-        negatives = _broadcast([n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt")
+        negatives = _broadcast(
+            [n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt"
+        )
         full_prompts = [f"{p}, {positive_prompt}" if positive_prompt else p for p in prompts]
         batch = len(prompts) * num_images_per_prompt
         do_cfg = self.do_classifier_free_guidance
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. Images and masks at the working resolution (METHOD §1)
-        pil_images = _broadcast([imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image")
-        pil_masks = _broadcast([imgs.to_mask(imgs.as_pil(m, "mask_image")) for m in _as_list(mask_image, "mask_image")], len(prompts), "mask_image")
+        pil_images = _broadcast(
+            [imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image"
+        )
+        pil_masks = _broadcast(
+            [imgs.to_mask(imgs.as_pil(m, "mask_image")) for m in _as_list(mask_image, "mask_image")],
+            len(prompts),
+            "mask_image",
+        )
         if len({i.size for i in pil_images}) != 1:
             raise HDPainterError("all images of one call must have the same size")
         prepared_once = {}
@@ -282,7 +335,9 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
         # 5. Masks at the attention grids ("> 0.5") for PAIntA and RASG
         divisors = set(guidance.painta_grids) | {guidance.rasg_grid}
         grid_masks = {
-            d: torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, d, "half")).flatten() for p in prepared]).to(device)
+            d: torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, d, "half")).flatten() for p in prepared]).to(
+                device
+            )
             for d in divisors
         }
 
@@ -291,15 +346,17 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
         latents = self.initial_latents(shape, latents, generator, device, dtype)
         timesteps, alpha_bar, prediction_type = self.ddim_schedule(num_inference_steps, "epsilon")
         alpha = 1.0 - self.scheduler.betas.double()
-        cond = Conditioning(latent_size, factor, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask,
-                            grid_masks)
+        cond = Conditioning(
+            latent_size, factor, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask, grid_masks
+        )
 
         # 7. Sampling: DDIM with RASG's step noise, PAIntA while t > painta_until_t (docs/method.md §4)
         def model(x: torch.Tensor, i: int, t: int) -> Prediction:
             painta_on = use_painta and t > guidance.painta_until_t
             rasg_on = use_rasg and i + 1 < len(timesteps)  # the last step returns x̂0, which RASG's term does not reach
-            output, grad = guided_prediction(self.unet, x, t, cond, self.guidance_scale, guidance, painta_on,
-                                             rasg_on or use_vanilla)
+            output, grad = guided_prediction(
+                self.unet, x, t, cond, self.guidance_scale, guidance, painta_on, rasg_on or use_vanilla
+            )
             x0, eps = split_prediction(output.float(), x.float(), float(alpha_bar[t]), prediction_type)
             return Prediction(x0, eps, grad)
 
@@ -307,11 +364,17 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
             model = with_vanilla_guidance(model, alpha_bar, vanilla_scale)
         noise = rasg_noise(rasg_eta, alpha if rasg_sigma == "reference" else alpha_bar) if use_rasg else None
 
-        with frozen(self.unet), guided_attention(self.unet, factor), self.progress_bar(total=len(timesteps)) as progress:
+        with (
+            frozen(self.unet),
+            guided_attention(self.unet, factor),
+            self.progress_bar(total=len(timesteps)) as progress,
+        ):
 
             def step_end(i: int, t: int, x: torch.Tensor, pred: Prediction) -> torch.Tensor:
                 if callback_on_step_end is not None:
-                    x = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, x, pred, cond)
+                    x = self._step_callback(
+                        callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, x, pred, cond
+                    )
                 progress.update()
                 return x
 
@@ -321,7 +384,9 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
         if output_type == "latent":
             result = latents
         else:
-            decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[
+                0
+            ]
             w, h = prepared[0].size
             decoded = decoded[:, :, :h, :w].float().cpu()
             if output_type == "pil":
@@ -346,4 +411,3 @@ def frozen(module: torch.nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-

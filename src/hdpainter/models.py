@@ -28,8 +28,10 @@ def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
     if name in known:
         shipped = os.path.isabs(known[name])  # a model inside the package, not on the hub
         if shipped and not Path(known[name], "model_index.json").is_file():
-            raise HDPainterError(f"the {name!r} model is missing from this installation ({known[name]}): reinstall "
-                                 "hdpainter, or train one with `python -m hdpainter.toy.train --out DIR` and pass --model DIR")
+            raise HDPainterError(
+                f"the {name!r} model is missing from this installation ({known[name]}): reinstall "
+                "hdpainter, or train one with `python -m hdpainter.toy.train --out DIR` and pass --model DIR"
+            )
         return known[name]
     path = Path(name).expanduser()
     if path.exists():
@@ -38,10 +40,16 @@ def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
         if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
             raise HDPainterError(f"{name} is a file but not a .safetensors/.ckpt checkpoint")
         return str(path)
-    if name.endswith(SINGLE_FILE_SUFFIXES) or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    if (
+        name.endswith(SINGLE_FILE_SUFFIXES)
+        or name.startswith((".", "/", "~"))
+        or os.sep in name.strip("/").replace("/", "", 1)
+    ):
         raise HDPainterError(f"model path not found: {name}")
     if name.count("/") != 1:
-        raise HDPainterError(f"unknown model {name!r}: use one of {', '.join(known)}, a hub id (org/name) or a local folder")
+        raise HDPainterError(
+            f"unknown model {name!r}: use one of {', '.join(known)}, a hub id (org/name) or a local folder"
+        )
     return name
 
 
@@ -90,10 +98,19 @@ def load_inpaint_pipeline(name: str = DEFAULT_INPAINT_MODEL, device=None, dtype=
     """Load an HDPainterPipeline from a short name, hub id, local folder or single checkpoint file."""
     from .inpaint import HDPainterPipeline
 
-    pipe = _load(HDPainterPipeline, name, resolve(name), dtype, local_files_only,
-                 safety_checker=None, requires_safety_checker=False)
+    pipe = _load(
+        HDPainterPipeline,
+        name,
+        resolve(name),
+        dtype,
+        local_files_only,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     if pipe.unet.config.in_channels != 9:
-        raise HDPainterError(f"{name} is not an inpainting model: its UNet takes {pipe.unet.config.in_channels} channels, not 9")
+        raise HDPainterError(
+            f"{name} is not an inpainting model: its UNet takes {pipe.unet.config.in_channels} channels, not 9"
+        )
     return _ready(pipe, device)
 
 
@@ -108,12 +125,16 @@ def load_upscale_pipeline(name: str = DEFAULT_UPSCALER, device=None, dtype=None,
 
     source = resolve(name, UPSCALER_MODELS)
     if source.endswith(SINGLE_FILE_SUFFIXES):
-        raise HDPainterError(f"{name}: the upscaler must be a diffusers folder or hub id, not a single checkpoint file")
+        raise HDPainterError(
+            f"{name}: the upscaler must be a diffusers folder or hub id, not a single checkpoint file"
+        )
     pipe = _load(HDUpscalePipeline, name, source, dtype, local_files_only, "--upscaler")
     channels = pipe.vae.config.latent_channels + 3
     if pipe.unet.config.in_channels != channels or getattr(pipe, "low_res_scheduler", None) is None:
-        raise HDPainterError(f"{name} is not a ×4 upscaler like {UPSCALER_MODELS[DEFAULT_UPSCALER]} "
-                             f"(its UNet takes {pipe.unet.config.in_channels} channels, not {channels})")
+        raise HDPainterError(
+            f"{name} is not a ×4 upscaler like {UPSCALER_MODELS[DEFAULT_UPSCALER]} "
+            f"(its UNet takes {pipe.unet.config.in_channels} channels, not {channels})"
+        )
     if dtype == torch.float16 and pipe.vae.config.get("force_upcast", True):
         pipe.vae.to(torch.float32)
     return _ready(pipe, device)
@@ -128,8 +149,15 @@ def _load(cls, name: str, source: str, dtype, local_files_only: bool, flag: str 
     return load_pretrained(cls, source, local_files_only, flag, name=name, **kwargs)
 
 
-def load_pretrained(cls, source: str, local_files_only: bool = False, flag: str = "--model", name: str | None = None,
-                    loader: str = "from_pretrained", **kwargs):
+def load_pretrained(
+    cls,
+    source: str,
+    local_files_only: bool = False,
+    flag: str = "--model",
+    name: str | None = None,
+    loader: str = "from_pretrained",
+    **kwargs,
+):
     """`cls.from_pretrained(source)` (any diffusers or transformers class) with hub, network and format errors
     turned into one HDPainterError line that names `flag`, the option to pass a local folder with instead."""
     try:
@@ -184,13 +212,17 @@ def load_error(name: str, source: str, exc: Exception, flag: str = "--model") ->
         return f"cannot load model from {source}: {text[:300]}"
     causes = list(_causes(exc))
     if any(isinstance(c, GatedRepoError) for c in causes):
-        return (f"model {name!r} ({source}) is gated on the hub: accept its licence there and log in "
-                f"(huggingface-cli login), or pass a local folder with {flag} DIR")
+        return (
+            f"model {name!r} ({source}) is gated on the hub: accept its licence there and log in "
+            f"(huggingface-cli login), or pass a local folder with {flag} DIR"
+        )
     if any(isinstance(c, (RepositoryNotFoundError, RevisionNotFoundError)) for c in causes):
         return f"model {name!r} not found on the hub: check the id, or pass a local folder with {flag} DIR"
     if hub_offline() or any(isinstance(c, _network_errors()) for c in causes):
-        return (f"model {name!r} ({source}) is not in the local cache and cannot be downloaded (offline?): "
-                f"download it on a connected machine or pass a local folder with {flag} DIR")
+        return (
+            f"model {name!r} ({source}) is not in the local cache and cannot be downloaded (offline?): "
+            f"download it on a connected machine or pass a local folder with {flag} DIR"
+        )
     return f"cannot load model {name!r}: {text[:300]}"
 
 

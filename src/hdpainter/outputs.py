@@ -53,5 +53,3 @@ def image_format(path: Path) -> str:
     if fmt is None:
         raise HDPainterError(f"cannot tell the image format of {path} from its extension; use .png or .jpg")
     return fmt
-
-

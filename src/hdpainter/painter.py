@@ -79,8 +79,13 @@ class Job:
 
     def unchanged(self, model: str | None = None) -> InpaintResult:
         """The empty mask's result: the input, once per sample, and a note saying so."""
-        return InpaintResult([self.image.copy() for _ in range(self.request.num_samples)], self.request.seeds(),
-                             self.metadata(model), [EMPTY_MASK_NOTE], unchanged=True)
+        return InpaintResult(
+            [self.image.copy() for _ in range(self.request.num_samples)],
+            self.request.seeds(),
+            self.metadata(model),
+            [EMPTY_MASK_NOTE],
+            unchanged=True,
+        )
 
 
 def prepare_job(image, mask, request: InpaintRequest) -> Job:
@@ -89,7 +94,9 @@ def prepare_job(image, mask, request: InpaintRequest) -> Job:
     image, mask = imgs.to_rgb(imgs.as_pil(image, "image")), imgs.to_mask(imgs.as_pil(mask, "mask"))
     imgs.check_size(image.size, "image")
     if image.size != mask.size:
-        raise HDPainterError(f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match")
+        raise HDPainterError(
+            f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match"
+        )
     request.validate(image.size)
     if request.mask_invert:
         mask = imgs.invert_mask(mask)
@@ -104,12 +111,20 @@ def stage1_arguments(request: InpaintRequest) -> dict:
     """HDPainterPipeline's keyword arguments for a request (one generator per sample, seeded as the reference)."""
     import torch
 
-    return dict(method=request.method, num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale, rasg_eta=request.rasg_eta, rasg_sigma=request.rasg_sigma,
-                vanilla_scale=request.vanilla_scale, negative_prompt=request.negative_prompt,
-                positive_prompt=request.positive_prompt, num_images_per_prompt=request.num_samples,
-                working_size=request.working_size, guidance=request.guidance,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in request.seeds()])
+    return dict(
+        method=request.method,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        rasg_eta=request.rasg_eta,
+        rasg_sigma=request.rasg_sigma,
+        vanilla_scale=request.vanilla_scale,
+        negative_prompt=request.negative_prompt,
+        positive_prompt=request.positive_prompt,
+        num_images_per_prompt=request.num_samples,
+        working_size=request.working_size,
+        guidance=request.guidance,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in request.seeds()],
+    )
 
 
 def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
@@ -133,8 +148,6 @@ def composite(original: PIL.Image.Image, generated: PIL.Image.Image, mask: PIL.I
     return PIL.Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
-
-
 def blend_dilation(size: tuple[int, int], dilation: int | None) -> int:
     """The Poisson blend's dilation for an output of `size`: the reference's 48 px at 2048, scaled; or as given."""
     if dilation is not None:
@@ -143,24 +156,37 @@ def blend_dilation(size: tuple[int, int], dilation: int | None) -> int:
 
 
 def blend_window(mask: np.ndarray, pad: int, dilation: int) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the Poisson blend region grown by WINDOW_MARGIN; solving on it equals solving on the whole image."""
+    """(x0, y0, x1, y1): the Poisson blend region grown by WINDOW_MARGIN (solving on it = solving on all of it)."""
     height, width = mask.shape
     x0, y0, x1, y1 = blend_region(mask, pad, dilation)
     m = WINDOW_MARGIN
     return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, width), min(y1 + m, height)
 
 
-def source_box(window: tuple[int, int, int, int], source_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The box of a `source_size` image whose pixels a bicubic resize to `size` reads for `window` (its taps included)."""
+def source_box(
+    window: tuple[int, int, int, int], source_size: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The box of a `source_size` image whose pixels a bicubic resize to `size` reads for `window` (taps included)."""
     sx, sy = size[0] / source_size[0], size[1] / source_size[1]
     support = math.ceil(2 * max(1.0, 1.0 / min(sx, sy))) + 1  # bicubic: 2 taps each side, stretched when shrinking
     x0, y0, x1, y1 = window
-    return (max(math.floor(x0 / sx) - support, 0), max(math.floor(y0 / sy) - support, 0),
-            min(math.ceil(x1 / sx) + support, source_size[0]), min(math.ceil(y1 / sy) + support, source_size[1]))
+    return (
+        max(math.floor(x0 / sx) - support, 0),
+        max(math.floor(y0 / sy) - support, 0),
+        min(math.ceil(x1 / sx) + support, source_size[0]),
+        min(math.ceil(y1 / sy) + support, source_size[1]),
+    )
 
 
-def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, request: InpaintRequest,
-           upscaler=None, generator=None, callback_on_step_end=None) -> PIL.Image.Image:
+def finish(
+    original: PIL.Image.Image,
+    mask: PIL.Image.Image,
+    low_res: PIL.Image.Image,
+    request: InpaintRequest,
+    upscaler=None,
+    generator=None,
+    callback_on_step_end=None,
+) -> PIL.Image.Image:
     """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size.
     `callback_on_step_end` is passed to the upscaler (called after each of its steps when it diffuses)."""
     from .upscale import SR_SCALE, super_resolve
@@ -175,8 +201,9 @@ def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.
             raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
         hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
         needed = source_box(window, hr_size, original.size)
-        patch = super_resolve(upscaler, original, mask, low_res, request.prompt, sr, generator, needed,
-                              callback_on_step_end)
+        patch = super_resolve(
+            upscaler, original, mask, low_res, request.prompt, sr, generator, needed, callback_on_step_end
+        )
         generated = imgs.resize_window(patch.pixels, patch.box[:2], hr_size, original.size, window)
     else:
         generated = imgs.resize_window(np.asarray(low_res.convert("RGB")), (0, 0), low_res.size, original.size, window)
@@ -189,8 +216,14 @@ def finish(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.
 class HDPainter:
     """Load once, inpaint many: `HDPainter.from_pretrained("sd2")(image, mask, InpaintRequest("a boat")).images`."""
 
-    def __init__(self, pipeline, upscaler=None, model_name: str = "custom", upscaler_name: str | None = None,
-                 load_options: dict | None = None):
+    def __init__(
+        self,
+        pipeline,
+        upscaler=None,
+        model_name: str = "custom",
+        upscaler_name: str | None = None,
+        load_options: dict | None = None,
+    ):
         self.pipeline = pipeline
         self.upscaler = upscaler
         self.model_name = model_name
@@ -208,7 +241,7 @@ class HDPainter:
         cpu_offload: bool = False,
         attention_slicing: bool = False,
         vae_tiling: bool = False,
-    ) -> "HDPainter":
+    ) -> HDPainter:
         """Load `model` and `upscaler` (None: no stage-2 diffusion) onto `device` (default: the best available)
         in `dtype` (default: float16 on CUDA). `cpu_offload` keeps each model on the CPU until it runs (needs
         a GPU; accelerate's model offload); `attention_slicing` and `vae_tiling` trade speed for memory."""
@@ -217,19 +250,31 @@ class HDPainter:
         device, dtype = default_device_and_dtype(device, dtype)
         if cpu_offload and device.type != "cuda":
             raise HDPainterError("cpu offload moves models to a GPU as they run: it needs a CUDA device")
-        options = dict(device=device, dtype=dtype, local_files_only=local_files_only, cpu_offload=cpu_offload,
-                       attention_slicing=attention_slicing, vae_tiling=vae_tiling)
+        options = dict(
+            device=device,
+            dtype=dtype,
+            local_files_only=local_files_only,
+            cpu_offload=cpu_offload,
+            attention_slicing=attention_slicing,
+            vae_tiling=vae_tiling,
+        )
         sr = None
         if upscaler is not None:  # first: the smaller download, and the one most often missing
-            sr = _place(load_upscale_pipeline(upscaler, device=None if cpu_offload else device, dtype=dtype,
-                                              local_files_only=local_files_only), options)
+            sr = _place(
+                load_upscale_pipeline(
+                    upscaler, device=None if cpu_offload else device, dtype=dtype, local_files_only=local_files_only
+                ),
+                options,
+            )
         return cls(_load_inpaint(model, options), sr, model, upscaler, options)
 
-    def with_model(self, model: str) -> "HDPainter":
+    def with_model(self, model: str) -> HDPainter:
         """Another inpainting model loaded as this one was, sharing this painter's upscaler (self is unchanged)."""
         if model == self.model_name:
             return self
-        return HDPainter(_load_inpaint(model, self.load_options), self.upscaler, model, self.upscaler_name, self.load_options)
+        return HDPainter(
+            _load_inpaint(model, self.load_options), self.upscaler, model, self.upscaler_name, self.load_options
+        )
 
     def __call__(self, image, mask, request: InpaintRequest, progress: bool = True, on_step=None) -> InpaintResult:
         """Inpaint `mask` (white = fill) of `image`: `request.num_samples` images of the input's size, with
@@ -255,15 +300,29 @@ class HDPainter:
         self.pipeline.set_progress_bar_config(disable=not progress)
         if self.upscaler is not None:
             self.upscaler.set_progress_bar_config(disable=not progress)
-        stage1 = self.pipeline(request.prompt, image, mask, **stage1_arguments(request),
-                               callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps)).images
+        stage1 = self.pipeline(
+            request.prompt,
+            image,
+            mask,
+            **stage1_arguments(request),
+            callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
+        ).images
         seeds = request.seeds()
         if not request.upscale:
             outputs = [composite(image, generated, mask) for generated in stage1]
         else:
-            outputs = [finish(image, mask, generated, request, self.upscaler, torch.Generator("cpu").manual_seed(seed),
-                              callback_on_step_end=_step_reporter(on_step, 2, k, request.sr.num_inference_steps))
-                       for k, (generated, seed) in enumerate(zip(stage1, seeds))]
+            outputs = [
+                finish(
+                    image,
+                    mask,
+                    generated,
+                    request,
+                    self.upscaler,
+                    torch.Generator("cpu").manual_seed(seed),
+                    callback_on_step_end=_step_reporter(on_step, 2, k, request.sr.num_inference_steps),
+                )
+                for k, (generated, seed) in enumerate(zip(stage1, seeds))
+            ]
         if request.mask_feather > 0:
             outputs = [imgs.feather_paste(image, out, mask, request.mask_feather) for out in outputs]
         return InpaintResult(outputs, seeds, job.metadata(self.model_name, self.upscaler_name))
@@ -274,8 +333,12 @@ def _load_inpaint(model: str, options: dict):
     from .models import load_inpaint_pipeline
 
     device = None if options.get("cpu_offload") else options.get("device")
-    return _place(load_inpaint_pipeline(model, device=device, dtype=options.get("dtype"),
-                                        local_files_only=options.get("local_files_only", False)), options)
+    return _place(
+        load_inpaint_pipeline(
+            model, device=device, dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False)
+        ),
+        options,
+    )
 
 
 def _place(pipe, options: dict):

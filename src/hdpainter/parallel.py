@@ -23,7 +23,7 @@ def distributed() -> tuple[int, int, int]:
 
 
 def rank_device(device: str | None, world: int, local: int) -> str | None:
-    """The device a process uses: as asked, or under a multi-process launch its own GPU (cuda:LOCAL_RANK), or the CPU."""
+    """The device a process uses: as asked, or under a multi-process launch its own GPU (cuda:LOCAL_RANK), or CPU."""
     if world == 1 or device is not None:
         return device
     import torch

@@ -36,22 +36,42 @@ WORKING_RANGE = (64, 2048)
 TILING = {"auto": None, "on": True, "off": False}  # vae_tiling's values as the CLI and UI spell them
 
 
-def option(default, help: str, *, key: str | None = None, choices=None, range=None, multiple_of=None,
-           labels: Mapping[str, Any] | None = None, group: str = "stage 1", ui_max=None, odd=False):
+def option(
+    default,
+    help: str,
+    *,
+    key: str | None = None,
+    choices=None,
+    range=None,
+    multiple_of=None,
+    labels: Mapping[str, Any] | None = None,
+    group: str = "stage 1",
+    ui_max=None,
+    odd=False,
+):
     """A dataclass field that carries its own help, choices, range and CLI key (see `Option`)."""
-    meta = dict(help=help, key=key, choices=choices, range=range, multiple_of=multiple_of, labels=labels,
-                group=group, ui_max=ui_max, odd=odd)
+    meta = dict(
+        help=help,
+        key=key,
+        choices=choices,
+        range=range,
+        multiple_of=multiple_of,
+        labels=labels,
+        group=group,
+        ui_max=ui_max,
+        odd=odd,
+    )
     return field(default=default, metadata=meta)
 
 
 class OptionError(HDPainterError):
     """An option's value is out of its range or choices; `option` says which, `detail` what is wrong."""
 
-    def __init__(self, option: "Option", detail: str, flag: bool = False):
+    def __init__(self, option: Option, detail: str, flag: bool = False):
         self.option, self.detail = option, detail
         super().__init__(f"{option.flag if flag else option.name} {detail}")
 
-    def for_cli(self) -> "OptionError":
+    def for_cli(self) -> OptionError:
         """The same error naming the command-line flag instead of the Python field."""
         return OptionError(self.option, self.detail, flag=True)
 
@@ -125,7 +145,9 @@ class Option:
                 raise ValueError
             return self.type(value)
         except (TypeError, ValueError):
-            raise OptionError(self, f"must be {'an integer' if self.type is int else 'a number'}; got {value!r}") from None
+            raise OptionError(
+                self, f"must be {'an integer' if self.type is int else 'a number'}; got {value!r}"
+            ) from None
 
     def check(self, value) -> None:
         if value is None and (self.optional or self.labels is not None):
@@ -161,49 +183,130 @@ class Option:
 class GuidanceConfig:
     """Where and when PAIntA and RASG act (reference values, docs/method.md §3-4)."""
 
-    painta_until_t: int = option(500, "PAIntA is active while the timestep t is above this", range=(-1, 1000),
-                                 group="guidance")
-    painta_grids: tuple[int, ...] = option((16, 32), "pixel divisors of the grids whose self-attention becomes PAIntA",
-                                           choices=ATTENTION_GRIDS, group="guidance")
-    rasg_grid: int = option(32, "pixel divisor of the grid whose cross-attention logits RASG reads (H/32)",
-                            choices=ATTENTION_GRIDS, group="guidance")
+    painta_until_t: int = option(
+        500, "PAIntA is active while the timestep t is above this", range=(-1, 1000), group="guidance"
+    )
+    painta_grids: tuple[int, ...] = option(
+        (16, 32),
+        "pixel divisors of the grids whose self-attention becomes PAIntA",
+        choices=ATTENTION_GRIDS,
+        group="guidance",
+    )
+    rasg_grid: int = option(
+        32,
+        "pixel divisor of the grid whose cross-attention logits RASG reads (H/32)",
+        choices=ATTENTION_GRIDS,
+        group="guidance",
+    )
     rasg_logit_offset: float = option(1.0, "RASG's objective is BCE-with-logits(Ā − offset, M)", group="guidance")
 
 
 @dataclass(frozen=True)
 class SRConfig:
-    """Stage 2: the ×4 super-resolution and the Poisson blend; the defaults are the reference's (docs/method.md §5-6)."""
+    """Stage 2: the ×4 super-resolution and the Poisson blend; defaults are the reference's (docs/method.md §5-6)."""
 
-    method: str = option("specialized", "specialized: the ×4 upscaler with the known region blended in at every step "
-                         "(Eq. 10); baseline: the plain ×4 upscaler; bicubic: no diffusion",
-                         key="sr_method", choices=SR_METHODS, group="stage 2")
-    num_inference_steps: int = option(20, "upscaler DDIM steps, trailing spacing (999, 949, …, 49)", key="sr_steps",
-                                      range=(1, 1000), group="stage 2", ui_max=100)
-    guidance_scale: float = option(7.5, "the upscaler's classifier-free guidance", key="sr_guidance_scale",
-                                   range=(0, None), group="stage 2", ui_max=20)
-    noise_level: int = option(20, "noise added to the low-res condition (also the UNet's class label)",
-                              key="sr_noise_level", range=(0, 350), group="stage 2")
-    prompt_suffix: str = option("high resolution professional photo", "the upscaler's prompt is 'PROMPT, SUFFIX'",
-                                key="sr_prompt_suffix", group="stage 2")
+    method: str = option(
+        "specialized",
+        "specialized: the ×4 upscaler with the known region blended in at every step "
+        "(Eq. 10); baseline: the plain ×4 upscaler; bicubic: no diffusion",
+        key="sr_method",
+        choices=SR_METHODS,
+        group="stage 2",
+    )
+    num_inference_steps: int = option(
+        20,
+        "upscaler DDIM steps, trailing spacing (999, 949, …, 49)",
+        key="sr_steps",
+        range=(1, 1000),
+        group="stage 2",
+        ui_max=100,
+    )
+    guidance_scale: float = option(
+        7.5,
+        "the upscaler's classifier-free guidance",
+        key="sr_guidance_scale",
+        range=(0, None),
+        group="stage 2",
+        ui_max=20,
+    )
+    noise_level: int = option(
+        20,
+        "noise added to the low-res condition (also the UNet's class label)",
+        key="sr_noise_level",
+        range=(0, 350),
+        group="stage 2",
+    )
+    prompt_suffix: str = option(
+        "high resolution professional photo",
+        "the upscaler's prompt is 'PROMPT, SUFFIX'",
+        key="sr_prompt_suffix",
+        group="stage 2",
+    )
     negative_prompt: str = option("", "the upscaler's negative prompt", key="sr_negative_prompt", group="stage 2")
-    mask_dilation: int = option(19, "iterations of the 3×3 cross dilation of the high-res mask",
-                                key="sr_mask_dilation", range=(0, None), group="stage 2", ui_max=64)
-    mask_blur: int = option(19, "Gaussian kernel (latent pixels, odd) softening Eq. 10's mask",
-                            key="sr_mask_blur", range=(1, None), odd=True, group="stage 2", ui_max=63)
-    canvas_multiple: int = option(256, "the high-res image is reflect-padded right/bottom to a multiple of this",
-                                  key="sr_canvas_multiple", range=(CROP_ALIGN, None), multiple_of=CROP_ALIGN,
-                                  group="stage 2", ui_max=512)
-    region: str = option("crop", "crop: super-resolve a box around the mask; whole: the whole image, as the reference",
-                         key="sr_region", choices=SR_REGIONS, group="stage 2")
-    context: int = option(128, "pixels of context around the mask in crop mode, at 4× the working size",
-                          key="sr_context", range=(0, None), group="stage 2", ui_max=512)
-    vae_tiling: bool | None = option(None, "stage 2's VAE in tiles: auto (regions above 1 MP), on, off (the "
-                                     "reference's; much more memory)", key="vae_tiling", labels=TILING, group="stage 2")
-    blend_dilation: int | None = option(None, "Poisson blend: mask dilation in output pixels (auto: 48 per 2048 px of "
-                                        "the long side, the reference's)", key="blend_dilation", range=(1, None),
-                                        group="stage 2", ui_max=256)
-    blend_pad: int = option(POISSON_PAD, "Poisson blend: reflect padding around the image", key="blend_pad",
-                            range=(1, None), group="stage 2", ui_max=256)
+    mask_dilation: int = option(
+        19,
+        "iterations of the 3×3 cross dilation of the high-res mask",
+        key="sr_mask_dilation",
+        range=(0, None),
+        group="stage 2",
+        ui_max=64,
+    )
+    mask_blur: int = option(
+        19,
+        "Gaussian kernel (latent pixels, odd) softening Eq. 10's mask",
+        key="sr_mask_blur",
+        range=(1, None),
+        odd=True,
+        group="stage 2",
+        ui_max=63,
+    )
+    canvas_multiple: int = option(
+        256,
+        "the high-res image is reflect-padded right/bottom to a multiple of this",
+        key="sr_canvas_multiple",
+        range=(CROP_ALIGN, None),
+        multiple_of=CROP_ALIGN,
+        group="stage 2",
+        ui_max=512,
+    )
+    region: str = option(
+        "crop",
+        "crop: super-resolve a box around the mask; whole: the whole image, as the reference",
+        key="sr_region",
+        choices=SR_REGIONS,
+        group="stage 2",
+    )
+    context: int = option(
+        128,
+        "pixels of context around the mask in crop mode, at 4× the working size",
+        key="sr_context",
+        range=(0, None),
+        group="stage 2",
+        ui_max=512,
+    )
+    vae_tiling: bool | None = option(
+        None,
+        "stage 2's VAE in tiles: auto (regions above 1 MP), on, off (the reference's; much more memory)",
+        key="vae_tiling",
+        labels=TILING,
+        group="stage 2",
+    )
+    blend_dilation: int | None = option(
+        None,
+        "Poisson blend: mask dilation in output pixels (auto: 48 per 2048 px of the long side, the reference's)",
+        key="blend_dilation",
+        range=(1, None),
+        group="stage 2",
+        ui_max=256,
+    )
+    blend_pad: int = option(
+        POISSON_PAD,
+        "Poisson blend: reflect padding around the image",
+        key="blend_pad",
+        range=(1, None),
+        group="stage 2",
+        ui_max=256,
+    )
 
     def check(self) -> None:
         for opt in _options(type(self), ("sr",)):
@@ -215,35 +318,65 @@ class InpaintRequest:
     """One inpainting job, shared by the Python API, the CLI, the web UI, batch and eval."""
 
     prompt: str
-    method: str = option("painta+rasg", "painta+rasg (HD-Painter), painta, rasg, baseline (plain inpainting), or the "
-                         "ablation vanilla-guidance (Eq. 6 post-hoc guidance instead of RASG)", choices=METHODS)
-    num_inference_steps: int = option(50, "DDIM steps, trailing spacing (999, 979, …, 19 for 50)", key="steps",
-                                      range=(1, 1000), ui_max=200)
-    guidance_scale: float = option(7.5, "classifier-free guidance scale (≤ 1: no unconditional pass)", range=(0, None),
-                                   ui_max=20)
-    rasg_eta: float = option(0.1, "η of RASG's step (the reference's 0.1; the paper's evaluation 0.25)",
-                             range=(0, None), ui_max=1)
-    rasg_sigma: str = option("reference", "σ of RASG's step: per-step α (reference, the authors' code) or "
-                             "cumulative ᾱ (paper)", choices=RASG_SIGMAS)
+    method: str = option(
+        "painta+rasg",
+        "painta+rasg (HD-Painter), painta, rasg, baseline (plain inpainting), or the "
+        "ablation vanilla-guidance (Eq. 6 post-hoc guidance instead of RASG)",
+        choices=METHODS,
+    )
+    num_inference_steps: int = option(
+        50, "DDIM steps, trailing spacing (999, 979, …, 19 for 50)", key="steps", range=(1, 1000), ui_max=200
+    )
+    guidance_scale: float = option(
+        7.5, "classifier-free guidance scale (≤ 1: no unconditional pass)", range=(0, None), ui_max=20
+    )
+    rasg_eta: float = option(
+        0.1, "η of RASG's step (the reference's 0.1; the paper's evaluation 0.25)", range=(0, None), ui_max=1
+    )
+    rasg_sigma: str = option(
+        "reference",
+        "σ of RASG's step: per-step α (reference, the authors' code) or cumulative ᾱ (paper)",
+        choices=RASG_SIGMAS,
+    )
     vanilla_scale: float = option(VANILLA_SCALE, "s of method vanilla-guidance, on ∇ of RASG's objective")
-    negative_prompt: str = option(REFERENCE_NEGATIVE_PROMPT, "the unconditional prompt (the reference's list; '' for none)")
-    positive_prompt: str = option(REFERENCE_POSITIVE_PROMPT, "appended as 'PROMPT, POSITIVE' (the reference's; '' for none)")
+    negative_prompt: str = option(
+        REFERENCE_NEGATIVE_PROMPT, "the unconditional prompt (the reference's list; '' for none)"
+    )
+    positive_prompt: str = option(
+        REFERENCE_POSITIVE_PROMPT, "appended as 'PROMPT, POSITIVE' (the reference's; '' for none)"
+    )
     seed: int = option(1, f"seed; sample k (from 0) uses seed + {SEED_STRIDE}·k, as the reference")
     num_samples: int = option(1, "samples (one batched stage-1 run)", range=(1, None), ui_max=4)
-    working_size: int = option(WORKING_SIZE, "long side of stage 1's resolution (stage 2 lifts it ×4)",
-                               range=WORKING_RANGE, multiple_of=8, ui_max=1024)
+    working_size: int = option(
+        WORKING_SIZE,
+        "long side of stage 1's resolution (stage 2 lifts it ×4)",
+        range=WORKING_RANGE,
+        multiple_of=8,
+        ui_max=1024,
+    )
     mask_invert: bool = option(False, "fill what the mask leaves out", group="mask")
-    mask_grow: int = option(0, "grow the mask by this many pixels (Euclidean; negative shrinks)", group="mask", ui_max=64)
-    mask_feather: int = option(0, "paste the result through the mask softened across its edge by this many pixels "
-                               "(0: the Poisson blend's own edge)", range=(0, None), group="mask", ui_max=64)
-    upscale: bool = option(True, "stage 2 (super-resolution and Poisson blend); off: resize the stage-1 result and "
-                           "paste it (a fast preview)", group="stage 2")
+    mask_grow: int = option(
+        0, "grow the mask by this many pixels (Euclidean; negative shrinks)", group="mask", ui_max=64
+    )
+    mask_feather: int = option(
+        0,
+        "paste the result through the mask softened across its edge by this many pixels "
+        "(0: the Poisson blend's own edge)",
+        range=(0, None),
+        group="mask",
+        ui_max=64,
+    )
+    upscale: bool = option(
+        True,
+        "stage 2 (super-resolution and Poisson blend); off: resize the stage-1 result and paste it (a fast preview)",
+        group="stage 2",
+    )
     guidance: GuidanceConfig = GuidanceConfig()
     sr: SRConfig = SRConfig()
     extra: dict = field(default_factory=dict)  # recorded in the metadata alongside (the input's file name, …)
 
     @classmethod
-    def from_options(cls, values: Mapping[str, Any]) -> "InpaintRequest":
+    def from_options(cls, values: Mapping[str, Any]) -> InpaintRequest:
         """A request from option keys (`steps`, `sr_steps`, as the CLI and manifests spell them) or field names
         (`num_inference_steps`), values typed or as text. `prompt` is required; unknown keys are an error."""
         by_name = option_index()
@@ -261,7 +394,7 @@ class InpaintRequest:
             raise HDPainterError("prompt must be a string")
         return cls(prompt).replace(flat)
 
-    def replace(self, values: Mapping[tuple[str, ...], Any]) -> "InpaintRequest":
+    def replace(self, values: Mapping[tuple[str, ...], Any]) -> InpaintRequest:
         """A copy with the options at these paths set (nested configs rebuilt)."""
         top = {path[0]: v for path, v in values.items() if len(path) == 1}
         for nested in ("guidance", "sr"):
@@ -319,10 +452,22 @@ def _options(cls, prefix: tuple[str, ...] = ()) -> Iterator[Option]:
         default = f.default
         sequence = isinstance(default, tuple)
         kind = type(default[0]) if sequence else type(default) if default is not None else int
-        yield Option(path=prefix + (f.name,), key=meta["key"] or f.name, type=kind, default=default, help=meta["help"],
-                     group=meta["group"], choices=meta["choices"], range=meta["range"], multiple_of=meta["multiple_of"],
-                     labels=meta["labels"], optional=default is None and meta["labels"] is None, sequence=sequence,
-                     ui_max=meta["ui_max"], odd=meta["odd"])
+        yield Option(
+            path=prefix + (f.name,),
+            key=meta["key"] or f.name,
+            type=kind,
+            default=default,
+            help=meta["help"],
+            group=meta["group"],
+            choices=meta["choices"],
+            range=meta["range"],
+            multiple_of=meta["multiple_of"],
+            labels=meta["labels"],
+            optional=default is None and meta["labels"] is None,
+            sequence=sequence,
+            ui_max=meta["ui_max"],
+            odd=meta["odd"],
+        )
 
 
 def options() -> list[Option]:
@@ -332,7 +477,7 @@ def options() -> list[Option]:
 
 
 def option_index() -> dict[str, Option]:
-    """Options by key and by field name (`steps` and `num_inference_steps`; `sr_steps` and `sr.num_inference_steps`)."""
+    """Options by key and by field name (`steps`, `num_inference_steps`; `sr_steps`, `sr.num_inference_steps`)."""
     index = {}
     for opt in options():
         index[opt.key] = opt

@@ -15,7 +15,9 @@ class DDIMSchedule:
     def initial_latents(self, shape: tuple[int, ...], latents, generator, device, dtype) -> torch.Tensor:
         """x_T: drawn from `generator` (one or one per sample), or the given `latents` checked against `shape`."""
         if isinstance(generator, list) and len(generator) != shape[0]:
-            raise HDPainterError(f"{len(generator)} generators given for {shape[0]} samples (prompts × num_images_per_prompt)")
+            raise HDPainterError(
+                f"{len(generator)} generators given for {shape[0]} samples (prompts × num_images_per_prompt)"
+            )
         if latents is None:
             return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         if tuple(latents.shape) != tuple(shape):

@@ -30,7 +30,9 @@ tv laptop phone book clock vase flower tree house sky sea water grass kangaroo h
 
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte → printable character map (the GPT-2 scheme)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -75,7 +77,9 @@ def make_tokenizer(family: str = "sd2"):
     pad = EOT if family == "sd1" else "!"
     with tempfile.TemporaryDirectory() as folder:  # the files CLIP ships, loaded the ordinary way
         Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        Path(folder, "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+        )
         return CLIPTokenizer.from_pretrained(folder, pad_token=pad, model_max_length=77)
 
 
@@ -85,9 +89,17 @@ def tiny_text_encoder(tokenizer, activation: str):
 
     return CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, hidden_act=activation, projection_dim=32,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act=activation,
+            projection_dim=32,
         )
     )
 
@@ -125,13 +137,26 @@ def make_inpaint_components(family: str = "sd2", seed: int = 0) -> dict:
     )
     text_encoder = tiny_text_encoder(tokenizer, "gelu" if family == "sd2" else "quick_gelu")
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
     )
     for module in (unet, vae, text_encoder):
         module.eval()
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                safety_checker=None, feature_extractor=None, image_encoder=None)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+    )
 
 
 def save_inpaint_model(directory: str | Path, family: str = "sd2", seed: int = 0) -> Path:
@@ -181,13 +206,29 @@ def make_upscaler_components(seed: int = 0) -> dict:
     )
     text_encoder = tiny_text_encoder(tokenizer, "gelu")
     # the upscaler's LDM "linear" schedule (β 1e-4 … 2e-2 on a square-root scale) for both schedulers
-    scheduler = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
-    low_res_scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False)
+    scheduler = DDIMScheduler(
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    low_res_scheduler = DDPMScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", clip_sample=False
+    )
     for module in (unet, vae, text_encoder):
         module.eval()
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                low_res_scheduler=low_res_scheduler, max_noise_level=350)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        low_res_scheduler=low_res_scheduler,
+        max_noise_level=350,
+    )
 
 
 def save_upscaler_model(directory: str | Path, seed: int = 0) -> Path:
@@ -195,7 +236,9 @@ def save_upscaler_model(directory: str | Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionUpscalePipeline
 
     directory = Path(directory)
-    StableDiffusionUpscalePipeline(**make_upscaler_components(seed)).save_pretrained(directory, safe_serialization=True)
+    StableDiffusionUpscalePipeline(**make_upscaler_components(seed)).save_pretrained(
+        directory, safe_serialization=True
+    )
     return directory
 
 
@@ -207,16 +250,32 @@ def save_clip_model(directory: str | Path, seed: int = 0, projection_dim: int = 
     tokenizer = make_tokenizer("sd1")
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                           num_hidden_layers=2),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            image_size=224,
+            patch_size=32,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+        ),
         projection_dim=projection_dim,
     )
     directory = Path(directory)
     CLIPModel(config).save_pretrained(directory)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224), tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224), tokenizer=tokenizer
+    )
     processor.save_pretrained(directory)
     return directory
 
@@ -227,12 +286,29 @@ def save_detector(directory: str | Path, labels: list[str], seed: int = 0) -> Pa
     from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig
 
     torch.manual_seed(seed)
-    backbone = RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                                  out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
-    config = RTDetrConfig(backbone_config=backbone, encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32,
-                          encoder_ffn_dim=64, encoder_attention_heads=2, d_model=32, decoder_in_channels=[32, 32, 32],
-                          decoder_ffn_dim=64, decoder_layers=2, decoder_attention_heads=2, num_queries=30,
-                          num_denoising=0, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    backbone = RTDetrResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[1, 1, 1, 1],
+        out_features=["stage2", "stage3", "stage4"],
+        out_indices=[2, 3, 4],
+    )
+    config = RTDetrConfig(
+        backbone_config=backbone,
+        encoder_in_channels=[32, 64, 128],
+        encoder_hidden_dim=32,
+        encoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        d_model=32,
+        decoder_in_channels=[32, 32, 32],
+        decoder_ffn_dim=64,
+        decoder_layers=2,
+        decoder_attention_heads=2,
+        num_queries=30,
+        num_denoising=0,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     directory = Path(directory)
     RTDetrForObjectDetection(config).save_pretrained(directory)
     RTDetrImageProcessor(size={"height": 128, "width": 128}).save_pretrained(directory)

@@ -40,11 +40,20 @@ OUTPUT_MAX_AGE_S = 3600  # result files older than this are removed from the app
 BRUSH_COLOR = "rgba(255, 0, 255, 0.6)"  # see-through, so the photo shows under the stroke
 MAIN_OPTIONS = ("method", "steps", "seed", "guidance_scale", "rasg_eta", "num_samples", "upscale")  # beside the image
 GROUP_TITLES = {"stage 1": "More", "mask": "Mask", "guidance": "PAIntA and RASG", "stage 2": "Stage 2"}
-LABELS = {"steps": "Steps", "seed": "Seed", "num_samples": "Samples", "rasg_eta": "RASG η", "guidance_scale": "Guidance scale",
-          "method": "Method", "upscale": "Upscale and blend (stage 2); off: a fast preview",
-          "sr_method": "Super-resolution", "positive_prompt": "Positive prompt (appended)",
-          "negative_prompt": "Negative prompt", "mask_grow": "Grow mask (px; negative shrinks)",
-          "mask_feather": "Feather the mask's edge (px; 0: the blend's own)"}
+LABELS = {
+    "steps": "Steps",
+    "seed": "Seed",
+    "num_samples": "Samples",
+    "rasg_eta": "RASG η",
+    "guidance_scale": "Guidance scale",
+    "method": "Method",
+    "upscale": "Upscale and blend (stage 2); off: a fast preview",
+    "sr_method": "Super-resolution",
+    "positive_prompt": "Positive prompt (appended)",
+    "negative_prompt": "Negative prompt",
+    "mask_grow": "Grow mask (px; negative shrinks)",
+    "mask_feather": "Feather the mask's edge (px; 0: the blend's own)",
+}
 
 
 def form_options() -> list[Option]:
@@ -102,9 +111,15 @@ class PainterCache:
             raise HDPainterError(f"unknown model {model!r}: this server offers {', '.join(self.config.models)}")
         if self.painter is None:
             c = self.config
-            self.painter = HDPainter.from_pretrained(model, upscaler=c.upscaler, device=c.device, dtype=c.dtype,
-                                                     local_files_only=c.local_files_only, cpu_offload=c.cpu_offload,
-                                                     attention_slicing=c.attention_slicing)
+            self.painter = HDPainter.from_pretrained(
+                model,
+                upscaler=c.upscaler,
+                device=c.device,
+                dtype=c.dtype,
+                local_files_only=c.local_files_only,
+                cpu_offload=c.cpu_offload,
+                attention_slicing=c.attention_slicing,
+            )
         elif self.painter.model_name != model:
             previous, self.painter = self.painter, None
             previous.pipeline = None  # the old model's memory goes before the new one arrives
@@ -131,7 +146,9 @@ def editor_mask(editor: dict, size: tuple[int, int]) -> PIL.Image.Image:
             continue
         layer = imgs.as_pil(layer, "mask layer")
         if layer.size != size:
-            raise HDPainterError(f"a mask layer is {layer.size[0]}x{layer.size[1]} but the image is {size[0]}x{size[1]}")
+            raise HDPainterError(
+                f"a mask layer is {layer.size[0]}x{layer.size[1]} but the image is {size[0]}x{size[1]}"
+            )
         rgba = np.asarray(layer.convert("RGBA"))
         painted |= rgba[..., 3] > 0
     return PIL.Image.fromarray(np.where(painted, 255, 0).astype(np.uint8), "L")
@@ -161,8 +178,10 @@ class InpaintApp:
         if form.mask_upload is not None:
             mask = imgs.to_mask(imgs.as_pil(form.mask_upload, "mask"))
             if mask.size != image.size:
-                raise HDPainterError(f"the uploaded mask is {mask.size[0]}x{mask.size[1]} but the image is "
-                                     f"{image.size[0]}x{image.size[1]}: they must match")
+                raise HDPainterError(
+                    f"the uploaded mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                    f"{image.size[0]}x{image.size[1]}: they must match"
+                )
         else:
             mask = editor_mask(form.editor, image.size)
         return image, mask
@@ -225,15 +244,25 @@ class InpaintApp:
 
         models = self.config.models
         defaults = self.defaults()
-        with gr.Blocks(title="hdpainter", analytics_enabled=False, delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
-            gr.Markdown("## hdpainter: prompt-faithful inpainting (HD-Painter)\n"
-                        "Upload an image, paint over the region to fill, say what should be there.")
+        with gr.Blocks(
+            title="hdpainter", analytics_enabled=False, delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
+        ) as demo:
+            gr.Markdown(
+                "## hdpainter: prompt-faithful inpainting (HD-Painter)\n"
+                "Upload an image, paint over the region to fill, say what should be there."
+            )
             widgets = {}
             with gr.Row():
                 with gr.Column(scale=3):
                     editor = gr.ImageEditor(
-                        label="Image: paint the region to fill", type="pil", image_mode="RGBA", format="png",
-                        sources=("upload", "clipboard"), layers=False, transforms=(), elem_id="editor",
+                        label="Image: paint the region to fill",
+                        type="pil",
+                        image_mode="RGBA",
+                        format="png",
+                        sources=("upload", "clipboard"),
+                        layers=False,
+                        transforms=(),
+                        elem_id="editor",
                         brush=gr.Brush(default_size=24, colors=[BRUSH_COLOR], color_mode="fixed"),
                     )
                     prompt = gr.Textbox(label="Prompt", placeholder="a boat", elem_id="prompt")
@@ -247,21 +276,44 @@ class InpaintApp:
                         with gr.Accordion(title, open=False):
                             for opt in form_options():
                                 if opt.group == group and opt.key not in MAIN_OPTIONS:
-                                    widgets[opt.key] = widget(gr, opt, defaults[opt.key],
-                                                              interactive=opt.key != "sr_method" or self.config.upscaler is not None)
+                                    widgets[opt.key] = widget(
+                                        gr,
+                                        opt,
+                                        defaults[opt.key],
+                                        interactive=opt.key != "sr_method" or self.config.upscaler is not None,
+                                    )
                             if group == "mask":
-                                mask_upload = gr.Image(label="Or upload a mask (white = fill)", type="pil",
-                                                       image_mode=None, sources=("upload",))
-            gallery = gr.Gallery(label="Input and results", columns=5, object_fit="contain",
-                                 format="png", elem_id="results", interactive=False)
-            files = gr.File(label="Full-resolution PNGs (parameters in the metadata)", file_count="multiple",
-                            interactive=False, elem_id="downloads")
+                                mask_upload = gr.Image(
+                                    label="Or upload a mask (white = fill)",
+                                    type="pil",
+                                    image_mode=None,
+                                    sources=("upload",),
+                                )
+            gallery = gr.Gallery(
+                label="Input and results",
+                columns=5,
+                object_fit="contain",
+                format="png",
+                elem_id="results",
+                interactive=False,
+            )
+            files = gr.File(
+                label="Full-resolution PNGs (parameters in the metadata)",
+                file_count="multiple",
+                interactive=False,
+                elem_id="downloads",
+            )
             keys = [opt.key for opt in form_options()]
 
             def submit(editor_value, mask_upload_value, prompt_value, model_value, *values):
                 progress = values[-1]
-                form = UIRequest(editor_value, mask_upload_value, prompt_value, model_value,
-                                 {key: from_widget(by_key[key], v) for key, v in zip(keys, values[:-1])})
+                form = UIRequest(
+                    editor_value,
+                    mask_upload_value,
+                    prompt_value,
+                    model_value,
+                    {key: from_widget(by_key[key], v) for key, v in zip(keys, values[:-1])},
+                )
                 progress(0, desc="loading the model")
                 try:
                     result = self.run(form, on_step=progress_reporter(progress, form))
@@ -269,16 +321,25 @@ class InpaintApp:
                     raise gr.Error(str(exc)) from None
                 for note in result.notes:
                     gr.Warning(note)
-                items = [(result.image, "input")] + [(str(p), f"seed {seed}") for p, seed in zip(result.paths, result.seeds)]
+                items = [(result.image, "input")] + [
+                    (str(p), f"seed {seed}") for p, seed in zip(result.paths, result.seeds)
+                ]
                 return items, [str(p) for p in result.paths]
 
             # the API's parameters are named after the form's fields (editor, …, then every option by its key)
             names = ["editor", "mask_upload", "prompt", "model"] + keys
             parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
-            parameters.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+            parameters.append(
+                inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
+            )
             submit.__signature__ = inspect.Signature(parameters)
-            run.click(submit, [editor, mask_upload, prompt, model] + [widgets[k] for k in keys], [gallery, files],
-                      api_name="inpaint", concurrency_limit=1)
+            run.click(
+                submit,
+                [editor, mask_upload, prompt, model] + [widgets[k] for k in keys],
+                [gallery, files],
+                api_name="inpaint",
+                concurrency_limit=1,
+            )
         demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
         return demo
 
@@ -297,8 +358,9 @@ def widget(gr, opt: Option, value, interactive: bool = True):
         return gr.Dropdown(list(opt.choices), value=value, **common)
     if opt.type is str:
         return gr.Textbox(value, **common)
-    if opt.optional:  # None means automatic: an empty number box
-        return gr.Number(value, precision=0 if opt.type is int else None, placeholder="auto", **common)
+    if opt.optional:  # None means automatic: 0 on a slider from 0 (below the option's range)
+        common["label"] += " (0: auto)"
+        return gr.Slider(0, opt.ui_max, value=value or 0, step=1, **common)
     if opt.ui_max is not None:
         low = opt.range[0] if opt.range else -opt.ui_max
         step = 1 if opt.type is int else opt.ui_max / 40
@@ -307,8 +369,10 @@ def widget(gr, opt: Option, value, interactive: bool = True):
 
 
 def from_widget(opt: Option, value):
-    """A widget's value as the schema parses it (an empty number box: the option's automatic value)."""
-    if value is None and not opt.optional and opt.labels is None:
+    """A widget's value as the schema parses it (0 on an automatic option's slider: None, automatic)."""
+    if opt.optional and not value:
+        return None
+    if value is None and opt.labels is None:
         return opt.default
     return value
 
@@ -332,9 +396,19 @@ def launch(app: InpaintApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
     import sys
 
     demo = app.build()
-    demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=True,
-                max_file_size=f"{app.config.max_upload_mb}mb", ssr_mode=False, mcp_server=False,
-                prevent_thread_lock=True, footer_links=[])
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        show_error=True,
+        quiet=True,
+        max_file_size=f"{app.config.max_upload_mb}mb",
+        ssr_mode=False,
+        mcp_server=False,
+        prevent_thread_lock=True,
+        footer_links=[],
+    )
     shown = "127.0.0.1" if host == LAN_HOST else host
     print(f"hdpainter UI on http://{shown}:{demo.server_port} (Ctrl+C to stop)", file=sys.stderr, flush=True)
     if block:

@@ -29,8 +29,15 @@ from .errors import HDPainterError
 from .request import SR_METHODS, SR_REGIONS, SRConfig
 from .schedule import DDIMSchedule
 
-__all__ = ["CROP_ALIGN", "SR_METHODS", "SR_REGIONS", "HDUpscalePipeline", "HDUpscalePipelineOutput", "SRConfig",
-           "super_resolve"]
+__all__ = [
+    "CROP_ALIGN",
+    "SR_METHODS",
+    "SR_REGIONS",
+    "HDUpscalePipeline",
+    "HDUpscalePipelineOutput",
+    "SRConfig",
+    "super_resolve",
+]
 
 SR_SCALE = 4  # the upscaler's factor: high-res pixels per low-res pixel (= per latent pixel)
 VAE_TILING_AUTO_PIXELS = 1024 * 1024  # with vae_tiling=None, regions larger than this are encoded/decoded in tiles
@@ -78,13 +85,23 @@ class Canvas:
         return self.painted.shape[1], self.painted.shape[0]
 
 
-def make_canvas(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, config: SRConfig) -> Canvas:
+def make_canvas(
+    original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, config: SRConfig
+) -> Canvas:
     """Resize the original and mask to 4× `low_res`'s size (bicubic), pad everything, dilate and soften the mask."""
     size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
     padded = imgs.padded_size(size, config.canvas_multiple)
-    image = np.asarray(original.convert("RGB").resize(size, resample=PIL.Image.BICUBIC)) if original.size != size else np.asarray(original.convert("RGB"))
+    image = (
+        np.asarray(original.convert("RGB").resize(size, resample=PIL.Image.BICUBIC))
+        if original.size != size
+        else np.asarray(original.convert("RGB"))
+    )
     hr_mask = imgs.resize_mask(np.asarray(mask.convert("L")) > 0, size) > 0
-    painted = imgs.dilate_cross(_pad_to(hr_mask, padded), config.mask_dilation) if config.mask_dilation else _pad_to(hr_mask, padded)
+    painted = (
+        imgs.dilate_cross(_pad_to(hr_mask, padded), config.mask_dilation)
+        if config.mask_dilation
+        else _pad_to(hr_mask, padded)
+    )
     latent = (padded[0] // SR_SCALE, padded[1] // SR_SCALE)
     return Canvas(
         size=size,
@@ -96,7 +113,8 @@ def make_canvas(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.I
 
 
 def crop_box(needed: tuple[int, int, int, int], context: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The box (x0, y0, x1, y1) diffused in "crop" mode: `needed` grown by `context`, aligned out to CROP_ALIGN, inside `canvas`."""
+    """The box (x0, y0, x1, y1) diffused in "crop" mode: `needed` grown by `context`, aligned out to CROP_ALIGN,
+    inside `canvas`."""
     x0, y0, x1, y1 = needed
     down = lambda v: max(0, (v - context) // CROP_ALIGN * CROP_ALIGN)  # noqa: E731
     up = lambda v, limit: min(limit, -(-(v + context) // CROP_ALIGN) * CROP_ALIGN)  # noqa: E731
@@ -217,8 +235,9 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
             return Prediction(*split_prediction(out.float(), x.float(), float(alpha_bar[t]), prediction_type))
 
         if known is not None:
-            model = with_known_region(model, known.to(device=device, dtype=torch.float32),
-                                      blend_mask.to(device=device, dtype=torch.float32))
+            model = with_known_region(
+                model, known.to(device=device, dtype=torch.float32), blend_mask.to(device=device, dtype=torch.float32)
+            )
 
         with self.progress_bar(total=len(timesteps)) as progress:
 
@@ -270,8 +289,15 @@ def super_resolve(
     device, dtype = pipe._execution_device, pipe.unet.dtype
 
     # the same draws as a whole-canvas run, in diffusers' order (low-res noise, then x_T)
-    low_res_noise = randn_tensor((1, 3, ch // SR_SCALE, cw // SR_SCALE), generator=generator, device=device, dtype=dtype)
-    latents = randn_tensor((1, pipe.vae.config.latent_channels, ch // SR_SCALE, cw // SR_SCALE), generator=generator, device=device, dtype=dtype)
+    low_res_noise = randn_tensor(
+        (1, 3, ch // SR_SCALE, cw // SR_SCALE), generator=generator, device=device, dtype=dtype
+    )
+    latents = randn_tensor(
+        (1, pipe.vae.config.latent_channels, ch // SR_SCALE, cw // SR_SCALE),
+        generator=generator,
+        device=device,
+        dtype=dtype,
+    )
 
     if config.region == "whole":
         box = (0, 0, cw, ch)
@@ -280,13 +306,22 @@ def super_resolve(
         if box_mask is None:
             raise HDPainterError("the mask is empty at the high resolution: nothing to super-resolve")
         if needed is not None:
-            box_mask = (min(box_mask[0], needed[0]), min(box_mask[1], needed[1]), max(box_mask[2], needed[2]), max(box_mask[3], needed[3]))
+            box_mask = (
+                min(box_mask[0], needed[0]),
+                min(box_mask[1], needed[1]),
+                max(box_mask[2], needed[2]),
+                max(box_mask[3], needed[3]),
+            )
         box = crop_box(box_mask, config.context, (cw, ch))
     x0, y0, x1, y1 = box
     lx0, ly0, lx1, ly1 = (v // SR_SCALE for v in box)
 
     was_tiling = pipe.vae.use_tiling  # the pipeline's own setting (e.g. from HDPainter(vae_tiling=True)) is restored
-    tiling = config.vae_tiling if config.vae_tiling is not None else was_tiling or (x1 - x0) * (y1 - y0) > VAE_TILING_AUTO_PIXELS
+    tiling = (
+        config.vae_tiling
+        if config.vae_tiling is not None
+        else was_tiling or (x1 - x0) * (y1 - y0) > VAE_TILING_AUTO_PIXELS
+    )
     pipe.vae.use_tiling = tiling
     try:
         known = blend = None

@@ -17,14 +17,23 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from hdpainter import images as imgs
-from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_attention
 from hdpainter.core.rasg import ddim_sigma, normalize_gradient, rasg_objective, vanilla_guidance
 from hdpainter.core.sampling import ddim_step, split_prediction, trailing_timesteps
 from hdpainter.core.tokens import prompt_token_indices
-from hdpainter.defaults import METHODS, RASG_SIGMAS, REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE
+from hdpainter.defaults import (
+    METHODS,
+    RASG_SIGMAS,
+    REFERENCE_NEGATIVE_PROMPT,
+    REFERENCE_POSITIVE_PROMPT,
+    VANILLA_SCALE,
+)
 from hdpainter.errors import HDPainterError
 
-LOSS_SCALE = 1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
+from .attention import LATENT_FACTOR, STATE_KEY, AttentionGuidance, guided_attention
+
+LOSS_SCALE = (
+    1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
+)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -74,18 +83,37 @@ class Conditioning:
 
 
 def _unet(unet, x, t, embeds, cond: Conditioning, role, painta_divisors=(), rasg_divisors=(), relevance=None):
-    state = AttentionGuidance(cond.latent_size, role, cond.token_mask, cond.grid_masks, painta_divisors, rasg_divisors,
-                              end_graph_after_rasg=bool(rasg_divisors), relevance=relevance if relevance is not None else {})
+    state = AttentionGuidance(
+        cond.latent_size,
+        role,
+        cond.token_mask,
+        cond.grid_masks,
+        painta_divisors,
+        rasg_divisors,
+        end_graph_after_rasg=bool(rasg_divisors),
+        relevance=relevance if relevance is not None else {},
+    )
     image = cond.image.repeat(x.shape[0] // cond.image.shape[0], 1, 1, 1)
     t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    out = unet(torch.cat([x, image], dim=1), t_batch, encoder_hidden_states=embeds,
-               cross_attention_kwargs={STATE_KEY: state}, return_dict=False)[0]
+    out = unet(
+        torch.cat([x, image], dim=1),
+        t_batch,
+        encoder_hidden_states=embeds,
+        cross_attention_kwargs={STATE_KEY: state},
+        return_dict=False,
+    )[0]
     return out, state
 
 
 def guided_prediction(
-    unet, latents: torch.Tensor, t: int, cond: Conditioning, guidance_scale: float, guidance: GuidanceConfig,
-    painta_on: bool, gradient_on: bool,
+    unet,
+    latents: torch.Tensor,
+    t: int,
+    cond: Conditioning,
+    guidance_scale: float,
+    guidance: GuidanceConfig,
+    painta_on: bool,
+    gradient_on: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One UNet evaluation of a sampling step: the CFG-combined output, and ∇_{x_t} L of RASG's objective
     (float32; None unless `gradient_on`).
@@ -99,18 +127,31 @@ def guided_prediction(
     gradient = None
     if gradient_on:
         x = latents.detach().requires_grad_(True)
-        with torch.enable_grad():  # the last RASG layer switches recording off for the rest of the pass; this restores it
+        with (
+            torch.enable_grad()
+        ):  # the last RASG layer switches recording off for the rest of the pass; this restores it
             out_cond, state = _unet(unet, x, t, cond.cond_embeds, cond, "cond", painta, (guidance.rasg_grid,))
         with torch.enable_grad():
-            loss = rasg_objective(state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grid],
-                                  guidance.rasg_logit_offset)
+            loss = rasg_objective(
+                state.rasg_logits(), cond.token_mask, cond.grid_masks[guidance.rasg_grid], guidance.rasg_logit_offset
+            )
             (grad,) = torch.autograd.grad(loss.sum() * LOSS_SCALE, x)
         out_cond = out_cond.detach()
         gradient = grad.float() / LOSS_SCALE
         if do_cfg:
-            out_uncond, _ = _unet(unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance)
+            out_uncond, _ = _unet(
+                unet, latents, t, cond.uncond_embeds, cond, "uncond", painta, relevance=state.relevance
+            )
     elif do_cfg:
-        out, _ = _unet(unet, torch.cat([latents, latents]), t, torch.cat([cond.uncond_embeds, cond.cond_embeds]), cond, "cfg", painta)
+        out, _ = _unet(
+            unet,
+            torch.cat([latents, latents]),
+            t,
+            torch.cat([cond.uncond_embeds, cond.cond_embeds]),
+            cond,
+            "cfg",
+            painta,
+        )
         out_uncond, out_cond = out.chunk(2)
     else:
         out_cond, _ = _unet(unet, latents, t, cond.cond_embeds, cond, "cond", painta)
@@ -204,21 +245,33 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         if num_images_per_prompt < 1:
             raise HDPainterError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
         if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
-            raise HDPainterError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}")
+            raise HDPainterError(
+                f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}, got {num_inference_steps}"
+            )
         if self.unet.config.in_channels != 9:
-            raise HDPainterError(f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model is needed")
+            raise HDPainterError(
+                f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model is needed"
+            )
         prompts = _as_list(prompt, "prompt")
         if not all(isinstance(p, str) for p in prompts):
             raise HDPainterError("prompt must be a string or a list of strings")
-        negatives = _broadcast([n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt")
+        negatives = _broadcast(
+            [n or "" for n in _as_list(negative_prompt, "negative_prompt")], len(prompts), "negative_prompt"
+        )
         full_prompts = [f"{p}, {positive_prompt}" if positive_prompt else p for p in prompts]
         batch = len(prompts) * num_images_per_prompt
         do_cfg = guidance_scale > 1.0
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. Images and masks at the working resolution (METHOD §1)
-        pil_images = _broadcast([imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image")
-        pil_masks = _broadcast([imgs.to_mask(imgs.as_pil(m, "mask_image")) for m in _as_list(mask_image, "mask_image")], len(prompts), "mask_image")
+        pil_images = _broadcast(
+            [imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image"
+        )
+        pil_masks = _broadcast(
+            [imgs.to_mask(imgs.as_pil(m, "mask_image")) for m in _as_list(mask_image, "mask_image")],
+            len(prompts),
+            "mask_image",
+        )
         if len({i.size for i in pil_images}) != 1:
             raise HDPainterError("all images of one call must have the same size")
         prepared_once = {}
@@ -248,14 +301,18 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         # 5. Masks at the attention grids ("> 0.5") for PAIntA and RASG
         divisors = set(guidance.painta_grids) | {guidance.rasg_grid}
         grid_masks = {
-            d: torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, d, "half")).flatten() for p in prepared]).to(device)
+            d: torch.stack([torch.from_numpy(imgs.grid_mask(p.mask, d, "half")).flatten() for p in prepared]).to(
+                device
+            )
             for d in divisors
         }
 
         # 6. Initial noise x_T and the timestep schedule
         shape = (batch, self.vae.config.latent_channels, *latent_size)
         if isinstance(generator, list) and len(generator) != batch:
-            raise HDPainterError(f"{len(generator)} generators given for {batch} samples (prompts × num_images_per_prompt)")
+            raise HDPainterError(
+                f"{len(generator)} generators given for {batch} samples (prompts × num_images_per_prompt)"
+            )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
@@ -266,11 +323,15 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         alpha = 1.0 - self.scheduler.betas.double()
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
 
-        cond = Conditioning(latent_size, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask, grid_masks)
+        cond = Conditioning(
+            latent_size, condition, cond_embeds, uncond_embeds if do_cfg else None, token_mask, grid_masks
+        )
 
         unknown = set(callback_on_step_end_tensor_inputs) - {"latents", "x0"}
         if unknown:
-            raise HDPainterError(f"callback_on_step_end_tensor_inputs may hold 'latents' and 'x0', not {sorted(unknown)}")
+            raise HDPainterError(
+                f"callback_on_step_end_tensor_inputs may hold 'latents' and 'x0', not {sorted(unknown)}"
+            )
 
         # 7. Sampling: DDIM, with RASG's guided step and PAIntA while t > painta_until_t
         with frozen(self.unet), guided_attention(self.unet), self.progress_bar(total=len(timesteps)) as progress:
@@ -278,8 +339,9 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
                 last = i == len(timesteps) - 1
                 painta_on = use_painta and t > guidance.painta_until_t
                 rasg_on = use_rasg and not last  # the last step returns x̂0, which RASG's term does not reach
-                model_output, gradient = guided_prediction(self.unet, latents, t, cond, guidance_scale, guidance, painta_on,
-                                                           rasg_on or use_vanilla)
+                model_output, gradient = guided_prediction(
+                    self.unet, latents, t, cond, guidance_scale, guidance, painta_on, rasg_on or use_vanilla
+                )
                 x0, eps = split_prediction(model_output.float(), latents.float(), float(alpha_bar[t]), prediction_type)
                 if use_vanilla and alpha_bar[t] > 0:  # at ᾱ_t = 0 (zero terminal SNR) ε̂ does not reach x̂0
                     eps = vanilla_guidance(eps, gradient, float(alpha_bar[t]), vanilla_scale)
@@ -290,14 +352,23 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
                     t_prev = timesteps[i + 1]
                     noise_scale = 0.0
                     if rasg_on:
-                        a_t, a_prev = (alpha[t], alpha[t_prev]) if rasg_sigma == "reference" else (alpha_bar[t], alpha_bar[t_prev])
+                        a_t, a_prev = (
+                            (alpha[t], alpha[t_prev])
+                            if rasg_sigma == "reference"
+                            else (alpha_bar[t], alpha_bar[t_prev])
+                        )
                         noise_scale = rasg_eta * ddim_sigma(float(a_t), float(a_prev))
-                    direction = normalize_gradient(-gradient) if rasg_on else None  # towards lower L: the reference's +∇score
+                    direction = (
+                        normalize_gradient(-gradient) if rasg_on else None
+                    )  # towards lower L: the reference's +∇score
                     latents = ddim_step(x0, eps, float(alpha_bar[t_prev]), noise_scale, direction).to(dtype)
 
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "x0": x0}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                    outputs = (
+                        callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                        or {}
+                    )
                     latents = outputs.get("latents", latents)
                 progress.update()
 
@@ -305,7 +376,9 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         if output_type == "latent":
             result = latents
         else:
-            decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[
+                0
+            ]
             w, h = prepared[0].size
             decoded = decoded[:, :, :h, :w].float().cpu()
             if output_type == "pil":

@@ -25,12 +25,15 @@ from hdpainter import images as imgs
 from hdpainter.core.blend import latent_blend
 from hdpainter.core.sampling import ddim_step, split_prediction, trailing_timesteps
 from hdpainter.errors import HDPainterError
+
 from .inpaint import to_uint8
 
 SR_METHODS = ("specialized", "baseline", "bicubic")
 SR_REGIONS = ("crop", "whole")
 SR_SCALE = 4  # the upscaler's factor: high-res pixels per low-res pixel (= per latent pixel)
-CROP_ALIGN = 32  # crop boxes start and end on multiples of this many high-res pixels: 8 latent pixels, the UNet's coarsest grid
+CROP_ALIGN = (
+    32  # crop boxes start and end on multiples of this many high-res pixels: 8 latent pixels, the UNet's coarsest grid
+)
 VAE_TILING_AUTO_PIXELS = 1024 * 1024  # with vae_tiling=None, regions larger than this are encoded/decoded in tiles
 
 
@@ -38,7 +41,9 @@ VAE_TILING_AUTO_PIXELS = 1024 * 1024  # with vae_tiling=None, regions larger tha
 class SRConfig:
     """Stage 2's settings; the defaults are the reference's (METHOD §5)."""
 
-    method: str = "specialized"  # "specialized" (Eq. 10 every step), "baseline" (plain ×4 SR), "bicubic" (no diffusion)
+    method: str = (
+        "specialized"  # "specialized" (Eq. 10 every step), "baseline" (plain ×4 SR), "bicubic" (no diffusion)
+    )
     num_inference_steps: int = 20  # DDIM steps, trailing spacing: 999, 949, …, 49
     guidance_scale: float = 7.5
     noise_level: int = 20  # noise added to the low-res condition; also the UNet's class label
@@ -105,13 +110,23 @@ class Canvas:
         return self.painted.shape[1], self.painted.shape[0]
 
 
-def make_canvas(original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, config: SRConfig) -> Canvas:
+def make_canvas(
+    original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, config: SRConfig
+) -> Canvas:
     """Resize the original and mask to 4× `low_res`'s size (bicubic), pad everything, dilate and soften the mask."""
     size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
     padded = imgs.padded_size(size, config.canvas_multiple)
-    image = np.asarray(original.convert("RGB").resize(size, resample=PIL.Image.BICUBIC)) if original.size != size else np.asarray(original.convert("RGB"))
+    image = (
+        np.asarray(original.convert("RGB").resize(size, resample=PIL.Image.BICUBIC))
+        if original.size != size
+        else np.asarray(original.convert("RGB"))
+    )
     hr_mask = imgs.resize_mask(np.asarray(mask.convert("L")) > 0, size) > 0
-    painted = imgs.dilate_cross(_pad_to(hr_mask, padded), config.mask_dilation) if config.mask_dilation else _pad_to(hr_mask, padded)
+    painted = (
+        imgs.dilate_cross(_pad_to(hr_mask, padded), config.mask_dilation)
+        if config.mask_dilation
+        else _pad_to(hr_mask, padded)
+    )
     latent = (padded[0] // SR_SCALE, padded[1] // SR_SCALE)
     return Canvas(
         size=size,
@@ -276,8 +291,15 @@ def super_resolve(
     device, dtype = pipe._execution_device, pipe.unet.dtype
 
     # the same draws as a whole-canvas run, in diffusers' order (low-res noise, then x_T)
-    low_res_noise = randn_tensor((1, 3, ch // SR_SCALE, cw // SR_SCALE), generator=generator, device=device, dtype=dtype)
-    latents = randn_tensor((1, pipe.vae.config.latent_channels, ch // SR_SCALE, cw // SR_SCALE), generator=generator, device=device, dtype=dtype)
+    low_res_noise = randn_tensor(
+        (1, 3, ch // SR_SCALE, cw // SR_SCALE), generator=generator, device=device, dtype=dtype
+    )
+    latents = randn_tensor(
+        (1, pipe.vae.config.latent_channels, ch // SR_SCALE, cw // SR_SCALE),
+        generator=generator,
+        device=device,
+        dtype=dtype,
+    )
 
     if config.region == "whole":
         box = (0, 0, cw, ch)
@@ -286,13 +308,22 @@ def super_resolve(
         if box_mask is None:
             raise HDPainterError("the mask is empty at the high resolution: nothing to super-resolve")
         if needed is not None:
-            box_mask = (min(box_mask[0], needed[0]), min(box_mask[1], needed[1]), max(box_mask[2], needed[2]), max(box_mask[3], needed[3]))
+            box_mask = (
+                min(box_mask[0], needed[0]),
+                min(box_mask[1], needed[1]),
+                max(box_mask[2], needed[2]),
+                max(box_mask[3], needed[3]),
+            )
         box = crop_box(box_mask, config.context, (cw, ch))
     x0, y0, x1, y1 = box
     lx0, ly0, lx1, ly1 = (v // SR_SCALE for v in box)
 
     was_tiling = pipe.vae.use_tiling  # the pipeline's own setting (e.g. from HDPainter(vae_tiling=True)) is restored
-    tiling = config.vae_tiling if config.vae_tiling is not None else was_tiling or (x1 - x0) * (y1 - y0) > VAE_TILING_AUTO_PIXELS
+    tiling = (
+        config.vae_tiling
+        if config.vae_tiling is not None
+        else was_tiling or (x1 - x0) * (y1 - y0) > VAE_TILING_AUTO_PIXELS
+    )
     pipe.vae.use_tiling = tiling
     try:
         known = blend = None

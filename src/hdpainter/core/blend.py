@@ -19,7 +19,11 @@ def latent_blend(x0: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> t
 
 
 def poisson_blend(
-    original: np.ndarray, generated: np.ndarray, mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION
+    original: np.ndarray,
+    generated: np.ndarray,
+    mask: np.ndarray,
+    pad: int = POISSON_PAD,
+    dilation: int = POISSON_DILATION,
 ) -> np.ndarray:
     """Blend `generated` into `original` (both (H, W, 3) uint8) where `mask` (H, W; bool, 0/1 or 0/255) is set.
 
@@ -58,7 +62,9 @@ def min_pad(dilation: int) -> int:
     return dilation // 2 + 2
 
 
-def blend_region(mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION) -> tuple[int, int, int, int]:
+def blend_region(
+    mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISSON_DILATION
+) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1), exclusive, of what `poisson_blend` may change: the dilated mask's bounding box.
 
     Computed from the mask's bounding box (a square dilation with OpenCV's centre anchor grows it by
@@ -71,8 +77,12 @@ def blend_region(mask: np.ndarray, pad: int = POISSON_PAD, dilation: int = POISS
         return 0, 0, 0, 0
     height, width = binary.shape
     before, after = dilation - 1 - dilation // 2, dilation // 2
-    return (max(int(cols[0]) - before, 0), max(int(rows[0]) - before, 0),
-            min(int(cols[-1]) + 1 + after, width), min(int(rows[-1]) + 1 + after, height))
+    return (
+        max(int(cols[0]) - before, 0),
+        max(int(rows[0]) - before, 0),
+        min(int(cols[-1]) + 1 + after, width),
+        min(int(rows[-1]) + 1 + after, height),
+    )
 
 
 def _dilated_region(mask: np.ndarray, pad: int, dilation: int) -> np.ndarray:

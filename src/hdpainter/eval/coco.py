@@ -60,8 +60,9 @@ class Coco:
             self.polygons: dict[int, list[dict]] = defaultdict(list)
             for ann in data["annotations"]:
                 if isinstance(ann["segmentation"], list):  # polygons; crowd regions are RLE and left out
-                    self.polygons[ann["image_id"]].append({"label": labels[ann["category_id"]],
-                                                          "segmentation": ann["segmentation"]})
+                    self.polygons[ann["image_id"]].append(
+                        {"label": labels[ann["category_id"]], "segmentation": ann["segmentation"]}
+                    )
         except (ValueError, KeyError, TypeError) as exc:
             raise HDPainterError(f"{path} is not a COCO instances file: {type(exc).__name__}: {exc}") from None
         self.image_ids = sorted(self.files)
@@ -71,7 +72,9 @@ class Coco:
 
     def check(self, pair: Pair) -> None:
         if not 0 <= pair.image_idx < len(self.image_ids):
-            raise HDPainterError(f"pair {pair.name}: image_idx {pair.image_idx} is out of 0..{len(self.image_ids) - 1}")
+            raise HDPainterError(
+                f"pair {pair.name}: image_idx {pair.image_idx} is out of 0..{len(self.image_ids) - 1}"
+            )
         count = len(self.polygons[self.image_ids[pair.image_idx]])
         if not 0 <= pair.segment_idx < count:
             raise HDPainterError(f"pair {pair.name}: segment_idx {pair.segment_idx} is out of 0..{count - 1}")
@@ -83,8 +86,13 @@ class Coco:
         image = imgs.load_image(self.files[image_id])
         mask = instance_mask(annotation["segmentation"], image.size, hull)
         target = imgs.working_size(image.size, size)
-        return Sample(pair, image_id, image.resize(target, PIL.Image.BICUBIC), mask.resize(target, PIL.Image.BICUBIC),
-                      annotation["label"])
+        return Sample(
+            pair,
+            image_id,
+            image.resize(target, PIL.Image.BICUBIC),
+            mask.resize(target, PIL.Image.BICUBIC),
+            annotation["label"],
+        )
 
 
 def instance_mask(segmentation: list[list[float]], size: tuple[int, int], hull: bool = True) -> PIL.Image.Image:
@@ -129,7 +137,9 @@ def sample_pairs(coco: Coco, count: int, seed: int = 0) -> list[Pair]:
     """`count` distinct pairs drawn uniformly from all polygon instances, the same for the same folder and seed."""
     candidates = coco.all_pairs()
     if count > len(candidates):
-        raise HDPainterError(f"asked for {count} pairs but the annotations hold only {len(candidates)} polygon instances")
+        raise HDPainterError(
+            f"asked for {count} pairs but the annotations hold only {len(candidates)} polygon instances"
+        )
     order = np.random.default_rng(seed).permutation(len(candidates))[:count]
     return [candidates[i] for i in order]
 

@@ -64,8 +64,10 @@ class Metric:
                 if not any((path / f).is_file() for f in filenames):
                     raise HDPainterError(f"{flag} {source}: {path / filenames[0]} not found")
             elif offline and not any(isinstance(try_to_load_from_cache(source, f), str) for f in filenames):
-                raise HDPainterError(f"{flag} {source} is not in the local hub cache and the hub may not be used: "
-                                     f"download it on a connected machine or pass a local folder with {flag} DIR")
+                raise HDPainterError(
+                    f"{flag} {source} is not in the local hub cache and the hub may not be used: "
+                    f"download it on a connected machine or pass a local folder with {flag} DIR"
+                )
 
 
 def _load(cls, source: str, local_files_only: bool, what: str, **kwargs):
@@ -83,10 +85,16 @@ def clip_features(model, processor, device, images=None, texts=None):
             pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, model.dtype)
             features = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
         else:
-            tokens = processor(text=texts, return_tensors="pt", padding=True, truncation=True,
-                               max_length=model.config.text_config.max_position_embeddings).to(device)
-            features = model.text_projection(model.text_model(input_ids=tokens["input_ids"],
-                                                              attention_mask=tokens["attention_mask"]).pooler_output)
+            tokens = processor(
+                text=texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=model.config.text_config.max_position_embeddings,
+            ).to(device)
+            features = model.text_projection(
+                model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+            )
     features = features.float()
     return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -136,7 +144,9 @@ class Accuracy(Metric):
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
         self.device = device
-        self.model = _load(AutoModelForObjectDetection, self.model_id, local_files_only, "--detector").to(device).eval()
+        self.model = (
+            _load(AutoModelForObjectDetection, self.model_id, local_files_only, "--detector").to(device).eval()
+        )
         self.processor = _load(AutoImageProcessor, self.model_id, local_files_only, "--detector")
         self.labels = {int(k): v for k, v in self.model.config.id2label.items()}
 
@@ -147,8 +157,9 @@ class Accuracy(Metric):
         inputs = self.processor(images=crop, return_tensors="pt")
         with torch.no_grad():
             outputs = self.model(pixel_values=inputs["pixel_values"].to(self.device, self.model.dtype))
-        found = self.processor.post_process_object_detection(outputs, threshold=self.threshold,
-                                                             target_sizes=[(crop.height, crop.width)])[0]
+        found = self.processor.post_process_object_detection(
+            outputs, threshold=self.threshold, target_sizes=[(crop.height, crop.width)]
+        )[0]
         return [self.labels[int(label)] for label in found["labels"]]
 
     def score_one(self, sample, image):
@@ -168,7 +179,9 @@ class PickScore(Metric):
 
     name = "pickscore"
 
-    def __init__(self, model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR, reference: str = "baseline"):
+    def __init__(
+        self, model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR, reference: str = "baseline"
+    ):
         self.model_id, self.processor_id, self.reference = model, processor, reference
 
     def load(self, device, local_files_only: bool = False) -> None:
@@ -190,8 +203,10 @@ class PickScore(Metric):
         return {m: 1.0 / (1.0 + math.exp(ref - s)) for m, s in scores.items()}  # 2-way softmax
 
     def sources(self):
-        return [(self.model_id, ("config.json",), "--pickscore-model"),
-                (self.processor_id, PROCESSOR_FILES, "--pickscore-processor")]
+        return [
+            (self.model_id, ("config.json",), "--pickscore-model"),
+            (self.processor_id, PROCESSOR_FILES, "--pickscore-processor"),
+        ]
 
     def describe(self):
         return f"PickScore preference over {self.reference} ({self.model_id})"
@@ -204,8 +219,16 @@ class AestheticHead:
     def __new__(cls, dim: int = 768):
         import torch.nn as nn
 
-        return nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                             nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+        return nn.Sequential(
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
 
 
 class Aesthetic(Metric):
@@ -230,7 +253,9 @@ class Aesthetic(Metric):
             self.head = AestheticHead(self.model.config.projection_dim)
             self.head.load_state_dict(state)
         except Exception as exc:
-            raise HDPainterError(f"{self.head_id} is not LAION's aesthetic MLP for this CLIP: {type(exc).__name__}: {exc}"[:300]) from None
+            raise HDPainterError(
+                f"{self.head_id} is not LAION's aesthetic MLP for this CLIP: {type(exc).__name__}: {exc}"[:300]
+            ) from None
         self.head.to(device).eval()
 
     def score(self, sample, results):
@@ -301,7 +326,9 @@ class KnownLPIPS(Metric):
         try:
             import lpips
         except ImportError:
-            raise HDPainterError("the lpips metric needs the lpips package (and torchvision): pip install lpips") from None
+            raise HDPainterError(
+                "the lpips metric needs the lpips package (and torchvision): pip install lpips"
+            ) from None
         self.device = device
         self.net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
 
@@ -321,8 +348,14 @@ class KnownLPIPS(Metric):
         return "LPIPS (AlexNet) of the known region against the input"
 
 
-METRICS = {"clip": ClipScore, "accuracy": Accuracy, "pickscore": PickScore, "aesthetic": Aesthetic,
-           "psnr": KnownPSNR, "lpips": KnownLPIPS}
+METRICS = {
+    "clip": ClipScore,
+    "accuracy": Accuracy,
+    "pickscore": PickScore,
+    "aesthetic": Aesthetic,
+    "psnr": KnownPSNR,
+    "lpips": KnownLPIPS,
+}
 DEFAULT_METRICS = ("clip", "accuracy", "pickscore", "aesthetic", "psnr")
 
 
@@ -332,15 +365,25 @@ def lpips_available() -> bool:
     return importlib.util.find_spec("lpips") is not None
 
 
-def make_metrics(names: list[str], clip: str = CLIP_MODEL, detector: str = DETECTOR, pickscore: str = PICKSCORE_MODEL,
-                 pickscore_processor: str = PICKSCORE_PROCESSOR, aesthetic_clip: str = AESTHETIC_CLIP,
-                 aesthetic_head: str = AESTHETIC_HEAD, reference: str = "baseline") -> list[Metric]:
+def make_metrics(
+    names: list[str],
+    clip: str = CLIP_MODEL,
+    detector: str = DETECTOR,
+    pickscore: str = PICKSCORE_MODEL,
+    pickscore_processor: str = PICKSCORE_PROCESSOR,
+    aesthetic_clip: str = AESTHETIC_CLIP,
+    aesthetic_head: str = AESTHETIC_HEAD,
+    reference: str = "baseline",
+) -> list[Metric]:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise HDPainterError(f"unknown metric {unknown[0]!r}: use {', '.join(METRICS)}")
-    built = {"clip": lambda: ClipScore(clip), "accuracy": lambda: Accuracy(detector),
-             "pickscore": lambda: PickScore(pickscore, pickscore_processor, reference),
-             "aesthetic": lambda: Aesthetic(aesthetic_clip, aesthetic_head), "psnr": KnownPSNR, "lpips": KnownLPIPS}
+    built = {
+        "clip": lambda: ClipScore(clip),
+        "accuracy": lambda: Accuracy(detector),
+        "pickscore": lambda: PickScore(pickscore, pickscore_processor, reference),
+        "aesthetic": lambda: Aesthetic(aesthetic_clip, aesthetic_head),
+        "psnr": KnownPSNR,
+        "lpips": KnownLPIPS,
+    }
     return [built[n]() for n in names]
-
-

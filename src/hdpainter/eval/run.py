@@ -33,7 +33,11 @@ from .stats import mean_interval, rate_interval
 METHODS = PAPER_METHODS  # the paper's Table 2
 PAPER_PAIRS = 10000
 PAPER_TABLE = {  # METHOD §7 / the paper's Table 2: SD 2 inpainting, 10,000 pairs
-    "baseline": (24.86, 51.9), "painta": (25.24, 52.2), "rasg": (25.85, 62.0), "painta+rasg": (26.34, 61.4)}
+    "baseline": (24.86, 51.9),
+    "painta": (25.24, 52.2),
+    "rasg": (25.85, 62.0),
+    "painta+rasg": (26.34, 61.4),
+}
 
 
 @dataclass
@@ -68,7 +72,9 @@ class EvalConfig:
     def check(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise HDPainterError(f"unknown method {unknown[0] if unknown else '(none)'!r}: use some of {', '.join(METHODS)}")
+            raise HDPainterError(
+                f"unknown method {unknown[0] if unknown else '(none)'!r}: use some of {', '.join(METHODS)}"
+            )
         if len(set(self.methods)) != len(self.methods):
             raise HDPainterError("a method is listed twice in --methods")
         if self.limit is not None and self.limit < 1:
@@ -82,8 +88,9 @@ class EvalConfig:
 
     def request(self, method: str, prompt: str) -> InpaintRequest:
         """The generation request of one (pair, method): the protocol's options, then this run's."""
-        return InpaintRequest.from_options(EVAL_OPTIONS | self.options | dict(
-            prompt=prompt, method=method, working_size=self.size))
+        return InpaintRequest.from_options(
+            EVAL_OPTIONS | self.options | dict(prompt=prompt, method=method, working_size=self.size)
+        )
 
     @property
     def reference(self) -> str:
@@ -96,7 +103,7 @@ class Failure:
     message: str
 
     @classmethod
-    def of(cls, name: str, exc: Exception) -> "Failure":
+    def of(cls, name: str, exc: Exception) -> Failure:
         if isinstance(exc, HDPainterError):
             return cls(name, str(exc))
         return cls(name, f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300])
@@ -138,11 +145,18 @@ def write_json(data, path: Path) -> None:
 def _bar(items, desc: str, config: EvalConfig, rank: int, world: int):
     from tqdm import tqdm
 
-    return tqdm(items, desc=f"{desc} (rank {rank}/{world})" if world > 1 else desc, unit="pair",
-                disable=not config.progress, file=sys.stderr)
+    return tqdm(
+        items,
+        desc=f"{desc} (rank {rank}/{world})" if world > 1 else desc,
+        unit="pair",
+        disable=not config.progress,
+        file=sys.stderr,
+    )
 
 
-def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, dtype=None, rank=0, world=1) -> list[Failure]:
+def generate(
+    config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, dtype=None, rank=0, world=1
+) -> list[Failure]:
     """Each method's result for each pair not yet done, with the reference's protocol: the stage-1 output
     at the evaluation size (the whole decoded image, no super-resolution, no blending)."""
     from ..models import load_inpaint_pipeline
@@ -164,8 +178,11 @@ def generate(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, devic
                 path.parent.mkdir(parents=True, exist_ok=True)
                 request = config.request(method, sample.prompt)
                 image = pipe(sample.prompt, sample.image, sample.mask, **stage1_arguments(request)).images[0]
-                save_image(image, path, request.metadata() | {"pair": pair.name, "image_id": sample.image_id,
-                                                              "model": config.model})
+                save_image(
+                    image,
+                    path,
+                    request.metadata() | {"pair": pair.name, "image_id": sample.image_id, "model": config.model},
+                )
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # one broken pair must not stop the others
@@ -188,8 +205,12 @@ def score(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, 
     """Every metric of every pair whose score file lacks one; earlier values of other methods/metrics are kept."""
     metric_list = metric_objects(config)
     names = [m.name for m in metric_list]
-    todo = [p for p in pairs if all(result_path(out, m, p).exists() for m in config.methods)
-            and needs_scores(score_path(out, p), config.methods, names, config.reference)]
+    todo = [
+        p
+        for p in pairs
+        if all(result_path(out, m, p).exists() for m in config.methods)
+        and needs_scores(score_path(out, p), config.methods, names, config.reference)
+    ]
     if not todo:
         return []
     for metric in metric_list:
@@ -226,8 +247,16 @@ def score(config: EvalConfig, coco: Coco, pairs: list[Pair], out: Path, device, 
 
 
 def metric_objects(config: EvalConfig) -> list[M.Metric]:
-    return M.make_metrics(config.metrics, config.clip_model, config.detector, config.pickscore_model,
-                          config.pickscore_processor, config.aesthetic_clip, config.aesthetic_head, config.reference)
+    return M.make_metrics(
+        config.metrics,
+        config.clip_model,
+        config.detector,
+        config.pickscore_model,
+        config.pickscore_processor,
+        config.aesthetic_clip,
+        config.aesthetic_head,
+        config.reference,
+    )
 
 
 def summarise(config: EvalConfig, pairs: list[Pair], out: Path) -> dict:
@@ -253,13 +282,24 @@ def summarise(config: EvalConfig, pairs: list[Pair], out: Path) -> dict:
                 mean, low, high = rate_interval(int(round(sum(values))), len(values))
             else:
                 mean, low, high = mean_interval(values)
-            row[metric.name] = {"mean": mean, "low": low, "high": high, "n": len(values),
-                                "reference": metric.name == "pickscore" and method == config.reference}
+            row[metric.name] = {
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "n": len(values),
+                "reference": metric.name == "pickscore" and method == config.reference,
+            }
         rows.append(row)
-    return {"rows": rows, "metrics": {m.name: {"kind": m.kind, "higher_is_better": m.higher_is_better,
-                                               "description": m.describe()} for m in metric_list},
-            "pairs": len(pairs), "config": asdict(config),
-            "generation": config.request(config.methods[0], "").metadata()}
+    return {
+        "rows": rows,
+        "metrics": {
+            m.name: {"kind": m.kind, "higher_is_better": m.higher_is_better, "description": m.describe()}
+            for m in metric_list
+        },
+        "pairs": len(pairs),
+        "config": asdict(config),
+        "generation": config.request(config.methods[0], "").metadata(),
+    }
 
 
 def _cell(stat: dict, kind: str, name: str) -> str:
@@ -282,18 +322,30 @@ def write_table(summary: dict, out: Path) -> str:
     config = summary["config"]
     header = ["method"] + [name + (" ↑" if metrics[name]["higher_is_better"] else " ↓") for name in names] + ["n"]
     generation = summary["generation"]
-    lines = [f"# hdpainter eval: {config['model']}, {summary['pairs']} pairs, {generation['steps']} steps, "
-             f"seed {generation['seed']}",
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# hdpainter eval: {config['model']}, {summary['pairs']} pairs, {generation['steps']} steps, "
+        f"seed {generation['seed']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in summary["rows"]:
         n = max((row[name]["n"] for name in names), default=0)
-        lines.append("| " + " | ".join([row["method"]] + [_cell(row[name], metrics[name]["kind"], name) for name in names]
-                                       + [str(n)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [row["method"]] + [_cell(row[name], metrics[name]["kind"], name) for name in names] + [str(n)]
+            )
+            + " |"
+        )
     lines += ["", "Mean (95 % interval: normal approximation for means, Wilson for rates). Metrics:"]
     lines += [f"- {name}: {metrics[name]['description']}" for name in names]
-    lines += ["", "The paper (SD 2 inpainting, 10,000 pairs): " + "; ".join(
-        f"{m} CLIP {c:.2f}, accuracy {a:.1f} %" for m, (c, a) in PAPER_TABLE.items())
-        + " (its accuracy used RTMDet-tiny; numbers from another detector differ)."]
+    lines += [
+        "",
+        "The paper (SD 2 inpainting, 10,000 pairs): "
+        + "; ".join(f"{m} CLIP {c:.2f}, accuracy {a:.1f} %" for m, (c, a) in PAPER_TABLE.items())
+        + " (its accuracy used RTMDet-tiny; numbers from another detector differ).",
+    ]
     markdown = "\n".join(lines) + "\n"
     (out / "table.md").write_text(markdown)
     with open(out / "table.csv", "w", newline="") as handle:
@@ -373,8 +425,11 @@ def run_eval(config: EvalConfig) -> tuple[str | None, list[Failure]]:
         markdown = write_table(summarise(config, pairs, out), out)
         if config.contact_sheet:
             contact_sheet(config, coco, pairs, out)
-        print(f"eval: {len(pairs)} pairs × {len(config.methods)} methods in {time.perf_counter() - started:.0f} s; "
-              f"table in {out / 'table.md'}", file=sys.stderr)
+        print(
+            f"eval: {len(pairs)} pairs × {len(config.methods)} methods in {time.perf_counter() - started:.0f} s; "
+            f"table in {out / 'table.md'}",
+            file=sys.stderr,
+        )
     if world > 1:
         import torch.distributed as dist
 

@@ -19,8 +19,10 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     colors = [w for w in words if w in world.COLORS]
     shapes = [w for w in words if w in world.SHAPES]
     if len(colors) != 1 or len(shapes) != 1:
-        raise HDPainterError(f"the toy world paints one of {', '.join(world.COLORS)} × {', '.join(world.SHAPES)}, "
-                             f"e.g. 'a red circle'; got {prompt!r}")
+        raise HDPainterError(
+            f"the toy world paints one of {', '.join(world.COLORS)} × {', '.join(world.SHAPES)}, "
+            f"e.g. 'a red circle'; got {prompt!r}"
+        )
     return colors[0], shapes[0]
 
 
@@ -35,15 +37,22 @@ def demo_scene(seed: int = 0) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     raise HDPainterError(f"no free space for a mask in scene {seed}")  # pragma: no cover - 100 tries
 
 
-def before_after(image: PIL.Image.Image, mask: PIL.Image.Image, result: PIL.Image.Image, prompt: str,
-                 found: tuple[str | None, str | None]) -> PIL.Image.Image:
+def before_after(
+    image: PIL.Image.Image,
+    mask: PIL.Image.Image,
+    result: PIL.Image.Image,
+    prompt: str,
+    found: tuple[str | None, str | None],
+) -> PIL.Image.Image:
     """Input with the mask outlined, beside the result, with the prompt and what the scorer sees."""
     w, h = image.size
     label = 20
     sheet = PIL.Image.new("RGB", (2 * w + 12, h + 2 * label), "white")
     left = image.convert("RGB").copy()
     ys, xs = np.nonzero(np.asarray(mask) > 127)
-    ImageDraw.Draw(left).rectangle((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), outline=(0, 0, 0), width=2)
+    ImageDraw.Draw(left).rectangle(
+        (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), outline=(0, 0, 0), width=2
+    )
     sheet.paste(left, (0, label))
     sheet.paste(result.convert("RGB"), (w + 12, label))
     draw = ImageDraw.Draw(sheet)

@@ -66,22 +66,53 @@ def make_components(seed: int = 0) -> dict:
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer("sd1")
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, hidden_act="quick_gelu", projection_dim=64))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act="quick_gelu",
+            projection_dim=64,
+        )
+    )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 48, 48), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-        sample_size=world.SIZE)
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 48, 48),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=world.SIZE,
+    )
     unet = UNet2DConditionModel(
-        sample_size=world.SIZE // LATENT_SCALE, in_channels=9, out_channels=4, layers_per_block=1,
+        sample_size=world.SIZE // LATENT_SCALE,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
         block_out_channels=(48, 96, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),  # H/8, H/16, H/32
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
@@ -127,8 +158,12 @@ def inpainting_example(rng: np.random.Generator):
         cut = int(rng.integers(shape.r // 2, shape.r + 1))
         side = int(rng.integers(4))
         m = PART_MARGIN
-        box = [(x0 - m, y0 - m, x0 + cut, y1 + m), (x1 - cut, y0 - m, x1 + m, y1 + m),
-               (x0 - m, y0 - m, x1 + m, y0 + cut), (x0 - m, y1 - cut, x1 + m, y1 + m)][side]
+        box = [
+            (x0 - m, y0 - m, x0 + cut, y1 + m),
+            (x1 - cut, y0 - m, x1 + m, y1 + m),
+            (x0 - m, y0 - m, x1 + m, y0 + cut),
+            (x0 - m, y1 - cut, x1 + m, y1 + m),
+        ][side]
         return scene.image, world.box_mask(box), shape.prompt
     return scene.image, world.box_mask(shape.box, grow=int(rng.integers(2, 25))), shape.prompt
 
@@ -161,10 +196,10 @@ def unet_inputs(examples, crop: int, rng: np.random.Generator):
         binary = imgs.dilate_cross(np.asarray(mask) > 127)
         grid = imgs.grid_mask(binary, LATENT_SCALE, "any")
         top, left = crop_origin(binary, crop, rng) if crop < binary.shape[0] else (0, 0)
-        pixels.append(np.asarray(image)[top:top + crop, left:left + crop])
-        kept.append(~binary[top:top + crop, left:left + crop])
-        t, l, c = top // LATENT_SCALE, left // LATENT_SCALE, crop // LATENT_SCALE
-        grids.append(grid[t:t + c, l:l + c])
+        pixels.append(np.asarray(image)[top : top + crop, left : left + crop])
+        kept.append(~binary[top : top + crop, left : left + crop])
+        t, l, c = top // LATENT_SCALE, left // LATENT_SCALE, crop // LATENT_SCALE  # noqa: E741 (top, left, crop)
+        grids.append(grid[t : t + c, l : l + c])
     pixels = to_tensor(pixels)
     masked = pixels * torch.from_numpy(np.stack(kept))[:, None]
     return pixels, masked, torch.from_numpy(np.stack(grids)).float()[:, None]
@@ -209,8 +244,13 @@ def encode_examples(components, count: int, crop: int, rng: np.random.Generator)
     pixels, masked, grid = unet_inputs(examples, crop, rng)
     with torch.no_grad():
         both = vae.encode(torch.cat([pixels, masked])).latent_dist.mean * vae.config.scaling_factor
-    ids = tokenizer([e[2] for e in examples], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        [e[2] for e in examples],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     return {"latents": both[:count], "masked": both[count:], "mask": grid, "ids": ids}
 
 
@@ -224,8 +264,9 @@ def autoencoder_loss(vae, x, shape_weight: float):
     return (weight * (error + error**2)).mean() / weight.mean() + LATENT_PENALTY * (z**2).mean()
 
 
-def train_autoencoder(vae, steps: int, batch: int, rng, log, crop: int = 128, lr: float = 2e-3,
-                      shape_weight: float = 4.0) -> tuple[float, list[float], list[float]]:
+def train_autoencoder(
+    vae, steps: int, batch: int, rng, log, crop: int = 128, lr: float = 2e-3, shape_weight: float = 4.0
+) -> tuple[float, list[float], list[float]]:
     """Reconstruction through the posterior mean, which is all the pipeline ever uses (sampling the
     posterior would only add noise that a tiny autoencoder takes long to learn away), on random `crop`-px
     crops of scenes (the autoencoder is convolutional: 4× cheaper than whole scenes).
@@ -252,7 +293,7 @@ def train_autoencoder(vae, steps: int, batch: int, rng, log, crop: int = 128, lr
     for step in range(steps):
         x = to_tensor([s.image for s in scenes(rng, batch)])
         top, left = (int(v) for v in rng.integers(0, world.SIZE - crop + 1, 2) // LATENT_SCALE * LATENT_SCALE)
-        loss = autoencoder_loss(vae, x[:, :, top:top + crop, left:left + crop], shape_weight)
+        loss = autoencoder_loss(vae, x[:, :, top : top + crop, left : left + crop], shape_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -298,12 +339,15 @@ def snr_weights(alphas_cumprod, t, gamma: float | None):
     return ((gamma + 1) / (snr + 1)).clamp(max=1.0)
 
 
-def denoising_loss(components, batch: dict, generator, mask_weight: float, snr_gamma: float | None,
-                   drop_prompt: float = 0.0):
+def denoising_loss(
+    components, batch: dict, generator, mask_weight: float, snr_gamma: float | None, drop_prompt: float = 0.0
+):
     """The weighted v-prediction loss on a batch of encoded examples, noise and timesteps drawn from `generator`."""
     import torch
 
-    unet, text_encoder, tokenizer, scheduler = (components[k] for k in ("unet", "text_encoder", "tokenizer", "scheduler"))
+    unet, text_encoder, tokenizer, scheduler = (
+        components[k] for k in ("unet", "text_encoder", "tokenizer", "scheduler")
+    )
     n = len(batch["ids"])
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     drop = torch.rand(n, generator=generator) < drop_prompt
@@ -319,10 +363,23 @@ def denoising_loss(components, batch: dict, generator, mask_weight: float, snr_g
     return (weight * (prediction - target) ** 2).mean()
 
 
-def train_inpainting(components, steps: int, batch: int, rng, log, lr: float = 4e-4, deadline: float = float("inf"),
-                     crop: int = 160, full_share: float = 0.15, pool_size: int = 512, refresh: int = 4,
-                     mask_weight: float = 2.0, snr_gamma: float | None = 5.0, ema_decay: float = 0.999,
-                     validation: int = 32) -> tuple[list[float], list[float]]:
+def train_inpainting(
+    components,
+    steps: int,
+    batch: int,
+    rng,
+    log,
+    lr: float = 4e-4,
+    deadline: float = float("inf"),
+    crop: int = 160,
+    full_share: float = 0.15,
+    pool_size: int = 512,
+    refresh: int = 4,
+    mask_weight: float = 2.0,
+    snr_gamma: float | None = 5.0,
+    ema_decay: float = 0.999,
+    validation: int = 32,
+) -> tuple[list[float], list[float]]:
     """Text encoder and UNet, with the vae frozen; the components end up holding the EMA weights. Returns the
     training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after."""
     import torch
@@ -334,7 +391,9 @@ def train_inpainting(components, steps: int, batch: int, rng, log, lr: float = 4
 
     def validation_loss() -> float:
         with torch.no_grad():
-            return float(denoising_loss(components, held_out, torch.Generator().manual_seed(0), mask_weight, snr_gamma))
+            return float(
+                denoising_loss(components, held_out, torch.Generator().manual_seed(0), mask_weight, snr_gamma)
+            )
 
     unet.eval()
     text_encoder.eval()
@@ -358,7 +417,9 @@ def train_inpainting(components, steps: int, batch: int, rng, log, lr: float = 4
                 pool.add(encode_examples(components, min(ENCODE_CHUNK, pool_size - pool.size), size, rng))
             log(f"step {step + 1}: a pool of {pool_size} examples at {size} px")
         pool.add(encode_examples(components, refresh, size, rng))
-        loss = denoising_loss(components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT)
+        loss = denoising_loss(
+            components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -392,9 +453,17 @@ def faithfulness_check(components, count: int = 24, seed: int = CHECK_SEED) -> d
     hits = {"color": 0, "shape": 0, "both": 0}
     cases = world.neglect_cases(count, seed)
     for case in cases:
-        result = pipe(case.prompt, case.image, case.mask, method="baseline", num_inference_steps=CHECK_STEPS,
-                      negative_prompt="", positive_prompt="", working_size=world.SIZE,
-                      generator=torch.Generator().manual_seed(case.index)).images[0]
+        result = pipe(
+            case.prompt,
+            case.image,
+            case.mask,
+            method="baseline",
+            num_inference_steps=CHECK_STEPS,
+            negative_prompt="",
+            positive_prompt="",
+            working_size=world.SIZE,
+            generator=torch.Generator().manual_seed(case.index),
+        ).images[0]
         color, shape = world.classify(result, case.mask)
         hits["color"] += color == case.color
         hits["shape"] += shape == case.shape
@@ -407,8 +476,9 @@ def load_components(folder: str | Path) -> dict:
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
-                                                          requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        folder, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
     return {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
 
 
@@ -416,8 +486,9 @@ def save(components, out: Path, fp16: bool = True) -> Path:
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline(**components, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     if fp16:
         pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -440,7 +511,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))  # 32 MiB: glibc's maximum
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(
+        mallopt(m_trim_threshold, 2**31 - 1)
+    )  # 32 MiB: glibc's maximum
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,18 +528,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4000, help="inpainting steps")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--crop", type=int, default=160, help=f"inpainting crops around the mask (px, a multiple of {UNET_MULTIPLE})")
-    parser.add_argument("--full-share", type=float, default=0.15, help="share of the inpainting steps, at the end, on whole scenes")
+    parser.add_argument(
+        "--crop", type=int, default=160, help=f"inpainting crops around the mask (px, a multiple of {UNET_MULTIPLE})"
+    )
+    parser.add_argument(
+        "--full-share", type=float, default=0.15, help="share of the inpainting steps, at the end, on whole scenes"
+    )
     parser.add_argument("--pool", type=int, default=512, help="encoded examples kept for replay")
     parser.add_argument("--refresh", type=int, default=4, help="new examples encoded per step")
     parser.add_argument("--mask-weight", type=float, default=2.0, help="extra loss weight inside the mask")
-    parser.add_argument("--snr-gamma", type=float, default=5.0, help="cap the v-loss's x0 weight at γ + 1 (min-SNR-γ); 0 for none")
-    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (at most; it warms up)")
-    parser.add_argument("--check", type=int, default=24, help="held-out cases of the final faithfulness check; 0 for none")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="stop the inpainting phase early if the whole run would take longer than this")
-    parser.add_argument("--resume", default=None, help="a saved toy model: keep its autoencoder, train its UNet and text encoder further")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 when the CPU is shared)")
+    parser.add_argument(
+        "--snr-gamma", type=float, default=5.0, help="cap the v-loss's x0 weight at γ + 1 (min-SNR-γ); 0 for none"
+    )
+    parser.add_argument(
+        "--ema", type=float, default=0.999, help="EMA decay of the saved weights (at most; it warms up)"
+    )
+    parser.add_argument(
+        "--check", type=int, default=24, help="held-out cases of the final faithfulness check; 0 for none"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="stop the inpainting phase early if the whole run would take longer than this",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="a saved toy model: keep its autoencoder, train its UNet and text encoder further",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 when the CPU is shared)"
+    )
     args = parser.parse_args(argv)
     if args.crop % UNET_MULTIPLE or not UNET_MULTIPLE <= args.crop <= world.SIZE:
         parser.error(f"--crop must be a multiple of {UNET_MULTIPLE} in {UNET_MULTIPLE}..{world.SIZE}")
@@ -491,7 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"resumed from {args.resume}: the autoencoder is kept, the inpainting phase goes on")
     else:
         components = make_components(args.seed)
-        std, ae_losses, ae_val = train_autoencoder(components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop)
+        std, ae_losses, ae_val = train_autoencoder(
+            components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop
+        )
         components["vae"].register_to_config(scaling_factor=1.0 / std)
         log(f"latent std {std:.3f}: scaling factor {1 / std:.4f}")
     fidelity = autoencoder_fidelity(components["vae"])
@@ -499,20 +594,48 @@ def main(argv: list[str] | None = None) -> int:
     deadline = float("inf")
     if args.minutes:  # keep a minute and a half for saving and the check
         deadline = time.monotonic() + 60 * args.minutes - (time.perf_counter() - started) - (90 if args.check else 15)
-    losses, val = train_inpainting(components, args.steps, args.batch, rng, log, args.lr, deadline, args.crop,
-                                   args.full_share, args.pool, args.refresh, args.mask_weight, args.snr_gamma or None, args.ema)
+    losses, val = train_inpainting(
+        components,
+        args.steps,
+        args.batch,
+        rng,
+        log,
+        args.lr,
+        deadline,
+        args.crop,
+        args.full_share,
+        args.pool,
+        args.refresh,
+        args.mask_weight,
+        args.snr_gamma or None,
+        args.ema,
+    )
     save(components, out)
     check = faithfulness_check(components, args.check) if args.check else {}
     if check:
-        log(f"faithfulness check (baseline, {check['cases']} held-out cases): colour {check['color']:.0%}, "
-            f"shape {check['shape']:.0%}, both {check['both']:.0%}")
-    record = {"args": vars(args), "seconds": round(time.perf_counter() - started), "latent_std": std,
-              "autoencoder_fidelity": fidelity, "autoencoder_validation_loss": ae_val, "steps_done": len(losses), "check": check, "validation_loss": val,
-              "final_loss": float(np.mean(losses[-100:])), "first_loss": float(np.mean(losses[:100])),
-              "ae_losses": [round(v, 5) for v in ae_losses], "losses": [round(v, 5) for v in losses],
-              "params": {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "unet", "text_encoder")}}
+        log(
+            f"faithfulness check (baseline, {check['cases']} held-out cases): colour {check['color']:.0%}, "
+            f"shape {check['shape']:.0%}, both {check['both']:.0%}"
+        )
+    record = {
+        "args": vars(args),
+        "seconds": round(time.perf_counter() - started),
+        "latent_std": std,
+        "autoencoder_fidelity": fidelity,
+        "autoencoder_validation_loss": ae_val,
+        "steps_done": len(losses),
+        "check": check,
+        "validation_loss": val,
+        "final_loss": float(np.mean(losses[-100:])),
+        "first_loss": float(np.mean(losses[:100])),
+        "ae_losses": [round(v, 5) for v in ae_losses],
+        "losses": [round(v, 5) for v in losses],
+        "params": {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "unet", "text_encoder")},
+    }
     (out / "training.json").write_text(json.dumps(record, indent=1))
-    log(f"saved to {out}: {json.dumps(record['params'])}, loss {record['first_loss']:.4f} → {record['final_loss']:.4f}")
+    log(
+        f"saved to {out}: {json.dumps(record['params'])}, loss {record['first_loss']:.4f} → {record['final_loss']:.4f}"
+    )
     return 0
 
 

@@ -81,7 +81,7 @@ def random_shapes(rng: np.random.Generator, count: int, size: int = SIZE, avoid=
         candidate = Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), cx, cy, r)
         if all(abs(cx - s.cx) > r + s.r + 6 or abs(cy - s.cy) > r + s.r + 6 for s in shapes):
             shapes.append(candidate)
-    return shapes[len(avoid):]
+    return shapes[len(avoid) :]
 
 
 @dataclass
@@ -100,7 +100,7 @@ def random_scene(rng: np.random.Generator, size: int = SIZE, count: tuple[int, i
 def box_mask(box: tuple[int, int, int, int], size: int = SIZE, grow: int = 0) -> PIL.Image.Image:
     x0, y0, x1, y1 = box
     mask = np.zeros((size, size), np.uint8)
-    mask[max(y0 - grow, 0):min(y1 + grow, size), max(x0 - grow, 0):min(x1 + grow, size)] = 255
+    mask[max(y0 - grow, 0) : min(y1 + grow, size), max(x0 - grow, 0) : min(x1 + grow, size)] = 255
     return PIL.Image.fromarray(mask, "L")
 
 
@@ -186,7 +186,12 @@ def neglect_cases(count: int, seed: int = CASE_SEED) -> list[NeglectCase]:
             box = free_box(rng, scene.shapes, r, margin=8)
         elif placement == "over":  # the mask covers the first shape with a margin
             target = scene.shapes[0]
-            box = (target.cx - target.r - 6, target.cy - target.r - 6, target.cx + target.r + 6, target.cy + target.r + 6)
+            box = (
+                target.cx - target.r - 6,
+                target.cy - target.r - 6,
+                target.cx + target.r + 6,
+                target.cy + target.r + 6,
+            )
         else:  # next to: the mask's box touches the first shape's box on one side
             target = scene.shapes[0]
             side = int(rng.integers(4))
@@ -198,5 +203,7 @@ def neglect_cases(count: int, seed: int = CASE_SEED) -> list[NeglectCase]:
         if box is None:
             continue
         box = tuple(int(np.clip(v, 0, SIZE)) for v in box)
-        cases.append(NeglectCase(len(cases), scene.image, box_mask(box), f"a {color} {shape}", color, shape, placement))
+        cases.append(
+            NeglectCase(len(cases), scene.image, box_mask(box), f"a {color} {shape}", color, shape, placement)
+        )
     return cases

@@ -114,7 +114,9 @@ def child(region: str, long_side: int, working: int, fraction: float, steps: int
     torch.set_num_threads(torch.get_num_threads())
     pipe = full_size_upscaler()
     image, mask, low_res = scene(long_side, working, fraction)
-    request = InpaintRequest("a red ball", sr_steps=steps, sr_region=region, working_size=working)
+    request = InpaintRequest.from_options(
+        {"prompt": "a red ball", "sr_steps": steps, "sr_region": region, "working_size": working}
+    )
     unet = {"seconds": 0.0, "pixels": 0}
 
     def pre(module, args):

@@ -145,7 +145,7 @@ def test_sigma_variants_hand_computed_on_the_sd_schedule():
     paper = math.sqrt((1 - alpha_bar[prev]) / (1 - alpha_bar[t]) * (1 - alpha_bar[t] / alpha_bar[prev]))
     assert ddim_sigma(alpha[t], alpha[prev]) == pytest.approx(ref, rel=1e-12)
     assert ddim_sigma(alpha_bar[t], alpha_bar[prev]) == pytest.approx(paper, rel=1e-12)
-    # METHOD §4: η σ is about 1e-3..2e-3 with the reference σ at η=0.1, and the paper's σ is much larger
+    # docs/method.md §4: η σ is about 1e-3..2e-3 with the reference σ at η=0.1, and the paper's σ is much larger
     sigmas = [0.1 * ddim_sigma(alpha[s], alpha[s - 20]) for s in range(999, 20, -20)]
     assert 5e-4 < min(sigmas) and max(sigmas) < 3e-3
     assert ddim_sigma(alpha_bar[t], alpha_bar[prev]) > 10 * ddim_sigma(alpha[t], alpha[prev])

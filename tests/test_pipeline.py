@@ -119,7 +119,7 @@ def test_painta_block_output_matches_explicit_eq5(pipe, photo):
         )
     handle.remove()
 
-    with torch.no_grad():  # the block, written out by hand from METHOD §3
+    with torch.no_grad():  # the block, written out by hand from docs/method.md §3
         x, text = seen["x"], seen["text"]
         a1, a2 = block.attn1, block.attn2
         nx = block.norm1(x)

@@ -142,3 +142,13 @@ def test_seeds_and_metadata_round_trip_through_the_option_keys():
     meta = request.metadata()
     assert set(meta) == {"prompt", *KEYS} and meta["sr_region"] == "whole" and meta["steps"] == 50
     assert InpaintRequest.from_options(meta) == request  # a result's parameters are a valid manifest row
+
+
+def test_the_documented_option_table_is_the_schemas():
+    from pathlib import Path
+
+    from hdpainter.request import options_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    documented = text.split("<!-- options:begin -->\n")[1].split("<!-- options:end -->")[0]
+    assert documented == options_markdown(), "regenerate the table with: python -m hdpainter.request"

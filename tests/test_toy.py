@@ -151,7 +151,7 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
 
 
 def test_training_inputs_are_built_as_the_pipeline_builds_them():
-    """The UNet is trained on the conditioning the pipeline gives it at inference (METHOD §1): mask dilated by
+    """The UNet is trained on the conditioning the pipeline gives it at inference (docs/method.md §1): mask dilated by
     one pixel, latent-grid mask by bicubic downscale and `!= 0`, masked pixels zeroed; crops hold the mask."""
     from hdpainter import images as imgs
     from hdpainter.toy import train

@@ -1,4 +1,4 @@
-"""Stage 2: the inpainting-specialised ×4 super-resolution (METHOD §5), on the tiny upscaler."""
+"""Stage 2: the inpainting-specialised ×4 super-resolution (docs/method.md §5), on the tiny upscaler."""
 
 import numpy as np
 import PIL.Image

@@ -1,6 +1,6 @@
 """Reference defaults shared by every front-end (cheap to import)."""
 
-# The reference CLI's prompts (METHOD §1); pass "" to switch either off (the paper's Table 1 used none).
+# The reference CLI's prompts (docs/method.md §1); pass "" to switch either off (the paper's Table 1 used none).
 REFERENCE_POSITIVE_PROMPT = "Full HD, 4K, high quality, high resolution"
 REFERENCE_NEGATIVE_PROMPT = (
     "text, bad anatomy, bad proportions, blurry, cropped, deformed, disfigured, duplicate, error, extra limbs, "

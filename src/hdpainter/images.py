@@ -1,4 +1,4 @@
-"""Reading, validating, resizing and padding images and masks (METHOD.md §1)."""
+"""Reading, validating, resizing and padding images and masks (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class PreparedInput:
-    """One image and mask at stage 1's working resolution, padded (METHOD §1)."""
+    """One image and mask at stage 1's working resolution, padded (docs/method.md §1)."""
 
     image: np.ndarray  # (Hp, Wp, 3) uint8, zero padded
     mask: np.ndarray  # (Hp, Wp) bool, True = fill; dilated by 1 px, zero padded

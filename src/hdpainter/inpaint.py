@@ -296,7 +296,7 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
         do_cfg = self.do_classifier_free_guidance
         device, dtype = self._execution_device, self.unet.dtype
 
-        # 2. Images and masks at the working resolution (METHOD §1)
+        # 2. Images and masks at the working resolution (docs/method.md §1)
         pil_images = _broadcast(
             [imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image"
         )

@@ -3,7 +3,7 @@
 Stage 1 (HDPainterPipeline) runs at the working resolution (long side 512). Stage 2 lifts its result
 to the original's size: for originals larger than the working size, the inpainting-specialised ×4
 upscaler (hdpainter.upscale) on a box around the mask, then a resize to the original's own size;
-otherwise a bicubic resize. The result is Poisson blended into the original (METHOD §6) on a window
+otherwise a bicubic resize. The result is Poisson blended into the original (docs/method.md §6) on a window
 around the mask, so pixels outside the blend region are the input's, byte for byte.
 """
 

@@ -483,3 +483,29 @@ def option_index() -> dict[str, Option]:
         index[opt.key] = opt
         index[opt.name] = opt
     return index
+
+
+def options_markdown() -> str:
+    """The options as a Markdown table (flag, default, meaning), as docs/development.md holds it (a test checks)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for opt in options():
+        if opt.type is bool:
+            flag = f"`{opt.flag}` / `--no-{opt.flag[2:]}`"
+            default = "on" if opt.default else "off"
+        else:
+            flag = f"`{opt.flag}`"
+            default = "auto" if opt.default is None else opt.label(opt.default)
+            default = f"`{default}`" if isinstance(default, str) and default else default
+        if opt.key in ("negative_prompt", "positive_prompt"):
+            default = "the reference's"
+        text = opt.help.replace("|", "\\|")
+        if opt.choices and opt.type is int:
+            text += f" (of {', '.join(map(str, opt.choices))})"
+        if default == "":
+            default = "`''`"
+        rows.append(f"| {flag} | {default} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m hdpainter.request: the option table of docs/development.md
+    print(options_markdown(), end="")

@@ -72,7 +72,7 @@ def _pad_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class Canvas:
-    """Stage 2's inputs at 4× the working size, reflect-padded (METHOD §5); boxes are in its pixels."""
+    """Stage 2's inputs at 4× the working size, reflect-padded (docs/method.md §5); boxes are in its pixels."""
 
     size: tuple[int, int]  # (W, H) of the high-res image before padding: 4 × the stage-1 result's size
     image: np.ndarray  # (Hc, Wc, 3) uint8: the original resized to `size`, padded

@@ -123,7 +123,7 @@ class PaintaSelfAttention:
     def __init__(self, name: str, block: torch.nn.Module):
         self.name = name
         self.block_id = id(block)
-        self.norm2 = block.norm2  # the cross-attention's input norm and projections, borrowed (METHOD §3.2)
+        self.norm2 = block.norm2  # the cross-attention's input norm and projections, borrowed (docs/method.md §3.2)
         self.attn2 = block.attn2
 
     def __call__(
@@ -138,7 +138,7 @@ class PaintaSelfAttention:
             return _output(attn, plain, hidden_states)
 
         if state.role == "uncond":
-            relevance = state.relevance[self.name]  # c comes from the conditional half (METHOD §3.3)
+            relevance = state.relevance[self.name]  # c comes from the conditional half (docs/method.md §3.3)
         else:
             x, text = (state.conditional_rows(t) for t in state.block_inputs.pop(self.block_id))
             y = _output(

@@ -1,4 +1,4 @@
-"""Stage 1: HDPainterPipeline, prompt-faithful inpainting with PAIntA and RASG (METHOD.md §1-4).
+"""Stage 1: HDPainterPipeline, prompt-faithful inpainting with PAIntA and RASG (docs/method.md §1-4).
 
 Notation: x_t `latents`, ε̂ `eps`, x̂0 `x0`, ᾱ `alpha_bar`, per-step α = 1 − β `alpha`, ind(τ) `token_mask`.
 """
@@ -39,7 +39,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Where and when PAIntA and RASG act (reference values, METHOD §3-4)."""
+    """Where and when PAIntA and RASG act (reference values, docs/method.md §3-4)."""
 
     painta_until_t: int = 500  # PAIntA is active while t > this
     painta_grids: tuple[int, ...] = (16, 32)  # pixel divisors of the grids whose self-attention becomes PAIntA
@@ -263,7 +263,7 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         do_cfg = guidance_scale > 1.0
         device, dtype = self._execution_device, self.unet.dtype
 
-        # 2. Images and masks at the working resolution (METHOD §1)
+        # 2. Images and masks at the working resolution (docs/method.md §1)
         pil_images = _broadcast(
             [imgs.to_rgb(imgs.as_pil(i, "image")) for i in _as_list(image, "image")], len(prompts), "image"
         )

@@ -1,4 +1,4 @@
-"""Stage 2: the inpainting-specialised ×4 super-resolution (paper §3.5, Eq. 10; METHOD.md §5).
+"""Stage 2: the inpainting-specialised ×4 super-resolution (paper §3.5, Eq. 10; docs/method.md §5).
 
 The stage-1 result (working resolution) conditions the ×4 upscaler; the original image, resized to
 4× the working size, supplies the known region: at every step its latents replace the predicted clean
@@ -39,7 +39,7 @@ VAE_TILING_AUTO_PIXELS = 1024 * 1024  # with vae_tiling=None, regions larger tha
 
 @dataclass(frozen=True)
 class SRConfig:
-    """Stage 2's settings; the defaults are the reference's (METHOD §5)."""
+    """Stage 2's settings; the defaults are the reference's (docs/method.md §5)."""
 
     method: str = (
         "specialized"  # "specialized" (Eq. 10 every step), "baseline" (plain ×4 SR), "bicubic" (no diffusion)
@@ -97,7 +97,7 @@ def _pad_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class Canvas:
-    """Stage 2's inputs at 4× the working size, reflect-padded (METHOD §5); boxes are in its pixels."""
+    """Stage 2's inputs at 4× the working size, reflect-padded (docs/method.md §5); boxes are in its pixels."""
 
     size: tuple[int, int]  # (W, H) of the high-res image before padding: 4 × the stage-1 result's size
     image: np.ndarray  # (Hc, Wc, 3) uint8: the original resized to `size`, padded

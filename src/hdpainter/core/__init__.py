@@ -1,1 +1,1 @@
-"""The paper's mathematics as pure functions on tensors (METHOD.md §2-4). Nothing here imports diffusers."""
+"""The paper's mathematics as pure functions on tensors (docs/method.md §2-4). Nothing here imports diffusers."""

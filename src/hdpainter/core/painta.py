@@ -1,4 +1,4 @@
-"""PAIntA, prompt-aware introverted attention (paper §3.3, Eq. 5; METHOD.md §3).
+"""PAIntA, prompt-aware introverted attention (paper §3.3, Eq. 5; docs/method.md §3).
 
 Notation (shapes):
     B   batch, H heads, n = h*w image tokens, T text tokens (77), d head dimension

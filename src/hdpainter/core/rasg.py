@@ -1,4 +1,4 @@
-"""RASG, reweighting attention score guidance (paper §3.4, Eq. 7-9, App. F; METHOD.md §4).
+"""RASG, reweighting attention score guidance (paper §3.4, Eq. 7-9, App. F; docs/method.md §4).
 
 Notation (shapes):
     logits      (B, n, T)  pre-softmax cross-attention logits at the RASG grid, mean over layers and heads
@@ -34,7 +34,7 @@ def normalize_gradient(grad: torch.Tensor) -> torch.Tensor:
 def ddim_sigma(alpha_t: float, alpha_prev: float) -> float:
     """σ = sqrt((1 − α_prev)/(1 − α_t) · (1 − α_t/α_prev)), zero when stepping to a clean sample.
 
-    With per-step α = 1 − β this is the reference code's σ (METHOD §4 "reference"); with cumulative ᾱ
+    With per-step α = 1 − β this is the reference code's σ (docs/method.md §4 "reference"); with cumulative ᾱ
     it is the standard DDIM σ the paper describes ("paper").
     """
     if alpha_prev >= 1.0:

@@ -1,4 +1,4 @@
-"""ind(τ): the token positions that carry the user's prompt (METHOD.md §2)."""
+"""ind(τ): the token positions that carry the user's prompt (docs/method.md §2)."""
 
 from __future__ import annotations
 

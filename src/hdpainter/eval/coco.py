@@ -1,4 +1,4 @@
-"""The paper's MSCOCO test set (METHOD §7): (image, instance) pairs from val2017, mask = convex hull of the
+"""The paper's MSCOCO test set (docs/method.md §7): (image, instance) pairs from val2017, mask = convex hull of the
 instance's polygons, prompt = the class name, image and mask resized to 512 on the long side.
 
 Indexing follows the reference: `image_idx` indexes the sorted image ids of the annotation file, and

@@ -1,4 +1,4 @@
-"""The evaluation's metrics, each a small class with one interface (METHOD §7).
+"""The evaluation's metrics, each a small class with one interface (docs/method.md §7).
 
 `metric.load(device, local_files_only)` loads its models (from the hub cache like any other model), then
 `metric.score(sample, results)` returns {method: value} for one pair, given every method's result.

@@ -32,7 +32,7 @@ from .stats import mean_interval, rate_interval
 
 METHODS = PAPER_METHODS  # the paper's Table 2
 PAPER_PAIRS = 10000
-PAPER_TABLE = {  # METHOD §7 / the paper's Table 2: SD 2 inpainting, 10,000 pairs
+PAPER_TABLE = {  # docs/method.md §7 / the paper's Table 2: SD 2 inpainting, 10,000 pairs
     "baseline": (24.86, 51.9),
     "painta": (25.24, 52.2),
     "rasg": (25.85, 62.0),

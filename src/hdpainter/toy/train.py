@@ -185,7 +185,7 @@ def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[
 
 def unet_inputs(examples, crop: int, rng: np.random.Generator):
     """Pixels, masked pixels (B, 3, crop, crop) and latent-grid masks (B, 1, crop/8, crop/8) of (image, mask, _)
-    examples, cut to `crop` px around their masks; built as HDPainterPipeline builds them (METHOD §1), the
+    examples, cut to `crop` px around their masks; built as HDPainterPipeline builds them (docs/method.md §1), the
     latent-grid mask from the whole mask, then cut."""
     import torch
 
@@ -312,7 +312,7 @@ def autoencoder_fidelity(vae, count: int = 48, seed: int = FIDELITY_SEED) -> flo
     """Share of ground-truth shapes (box grown by 6 px) the scorer still reads right after encode → decode."""
     import torch
 
-    from ..inpaint import to_uint8
+    from ..images import to_uint8
 
     rng = np.random.default_rng(seed)
     right = total = 0

@@ -38,6 +38,7 @@ MAX_UPLOAD_MB = 25  # per uploaded file; a 24 MP PNG is about this size
 QUEUE_SIZE = 16  # jobs waiting beyond this are refused ("queue full") instead of piling up
 OUTPUT_MAX_AGE_S = 3600  # result files older than this are removed from the app's folder
 BRUSH_COLOR = "rgba(255, 0, 255, 0.6)"  # see-through, so the photo shows under the stroke
+CAPPED = ("steps", "num_samples")  # the server refuses more than their sliders offer (work per request)
 MAIN_OPTIONS = ("method", "steps", "seed", "guidance_scale", "rasg_eta", "num_samples", "upscale")  # beside the image
 GROUP_TITLES = {"stage 1": "More", "mask": "Mask", "guidance": "PAIntA and RASG", "stage 2": "Stage 2"}
 LABELS = {
@@ -203,12 +204,10 @@ class InpaintApp:
         try:
             request = InpaintRequest.from_options(values | {"prompt": form.prompt.strip()})
             for opt in form_options():
-                capped = opt.ui_max is not None and opt.range is not None and opt.key in ("steps", "num_samples")
-                if capped and request.get(opt) > opt.ui_max:  # this server's limits: the sliders' ends
+                if opt.key in CAPPED and request.get(opt) > opt.ui_max:  # this server's limits: the sliders' ends
                     raise OptionError(opt, f"must be in {opt.range[0]}..{opt.ui_max:g} here, got {request.get(opt)}")
-        except OptionError as exc:
-            raise HDPainterError(f"{LABELS.get(exc.option.key, exc.option.key).split(' (')[0]}: {exc}") from None
-        request.extra["model"] = form.model
+        except OptionError as exc:  # named as the form's API names it
+            raise HDPainterError(f"{exc.option.key} {exc.detail}") from None
         return request
 
     def run(self, form: UIRequest, on_step=None) -> UIResult:

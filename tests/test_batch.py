@@ -104,9 +104,9 @@ def test_manifest_rows_may_carry_any_option_and_bad_cells_fail_their_row(capsys,
     manifest = folder / "list.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     code, _, err = run(capsys, manifest, "--output", tmp_path / "out", "--model", tiny_model_dir, *FAST)
-    assert code == 1 and "batch: 1 written, 0 already done, 2 failed, of 3" in err
+    assert code == 1 and "batch: 2 written, 0 already done, 1 failed, of 3" in err
     assert "failed: img1: row 2: steps must be in 1..1000, got 0" in err  # named by its column
-    assert "failed: img2: row 3: unknown option 'colour'" in err
+    assert "note: manifest column 'colour' is not an option of inpaint: ignored" in err
     painter = HDPainter.from_pretrained(str(tiny_model_dir), upscaler=None, device="cpu")
     options = {k: v for k, v in rows[0].items() if k not in ("image", "mask")}  # the row's own, over the flags
     request = InpaintRequest.from_options({"steps": 2, "working_size": 64, "sr_method": "bicubic"} | options)
@@ -123,6 +123,46 @@ def test_manifest_rows_may_carry_any_option_and_bad_cells_fail_their_row(capsys,
                 k,
             )
             assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(want[k - 1]))
+
+
+def test_empty_cells_fall_back_and_other_columns_are_noted(capsys, tmp_path, tiny_model_dir):
+    """An empty `method` cell is the command line's method; a result's own metadata columns are not options and
+    are passed over silently; any other column is noted once and ignored; a scalar fills a list option."""
+    folder = make_folder(tmp_path / "in", count=2)
+    lines = [
+        "image,mask,prompt,method,model,sample,notes",
+        "img0.png,img0_mask.png,a boat,,sd2,1,first",
+        "img1.png,img1_mask.png,a cat,rasg,,,",
+    ]
+    (folder / "list.csv").write_text("\n".join(lines) + "\n")
+    (folder / "grids.jsonl").write_text(
+        json.dumps({"image": "img0.png", "mask": "img0_mask.png", "prompt": "a boat", "painta_grids": 32}) + "\n"
+    )
+    code, _, err = run(
+        capsys,
+        folder / "list.csv",
+        "--output",
+        tmp_path / "out",
+        "--model",
+        tiny_model_dir,
+        "--method",
+        "painta",
+        *FAST,
+    )
+    assert code == 0 and "batch: 2 written" in err
+    assert (
+        err.count("note: manifest column 'notes' is not an option of inpaint: ignored") == 1 and "'model'" not in err
+    )
+    methods = [
+        json.loads(PIL.Image.open(tmp_path / "out" / f"img{k}.png").info["parameters"])["method"] for k in (0, 1)
+    ]
+    assert methods == ["painta", "rasg"]
+    code, _, err = run(
+        capsys, folder / "grids.jsonl", "--output", tmp_path / "grids", "--model", tiny_model_dir, *FAST
+    )
+    assert code == 0 and json.loads(PIL.Image.open(tmp_path / "grids" / "img0.png").info["parameters"])[
+        "painta_grids"
+    ] == [32]
 
 
 def test_rerun_redoes_exactly_the_missing_items(capsys, tmp_path, tiny_model_dir):

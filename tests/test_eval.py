@@ -418,6 +418,8 @@ def test_two_processes_split_the_pairs_and_rank_0_merges(coco_dir, tiny_model_di
         (["--metrics", "clip,fid"], "unknown metric 'fid'"),
         (["--pick-reference", "rasg", "--methods", "baseline"], "--pick-reference 'rasg' is not among --methods"),
         (["--limit", "0"], "--limit must be at least 1"),
+        (["--size", "500"], "--size must be a multiple of 8 in 64..2048, got 500"),
+        (["--steps", "0"], "--steps must be in 1..1000, got 0"),
         (["--sample", "50"], "only 5 polygon instances"),
         (["--pairs", "PAIRS"], "image_idx 99 is out of 0..3"),
         (["--clip-model", "/no/such/clip"], "--clip-model /no/such/clip: /no/such/clip/config.json not found"),

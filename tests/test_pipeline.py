@@ -505,6 +505,30 @@ def test_diffusers_cfg_cutoff_callback_ends_the_unconditional_pass(pipe, photo):
     assert not torch.equal(cut, full)
 
 
+def test_cfg_cutoff_with_several_samples_keeps_their_conditional_embeddings(pipe, photo):
+    """SDCFGCutoffCallback keeps only the last row of prompt_embeds (written for one sample); with two samples of
+    two prompts the sampler keeps every sample's own conditional embedding and ends the unconditional pass."""
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    sizes, handle = unet_batches(pipe)
+    try:
+        image, mask = photo
+        out = pipe(
+            ["a red boat", "a dog"],
+            image,
+            mask,
+            method="baseline",
+            num_inference_steps=3,
+            working_size=SIZE,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+            callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0),
+        ).images
+    finally:
+        handle.remove()
+    assert sizes == [4, 2, 2] and out.shape[0] == 2
+
+
 def test_callbacks_see_the_call_and_can_interrupt_it(pipe, photo):
     seen = []
 
@@ -527,6 +551,33 @@ def test_callbacks_see_the_call_and_can_interrupt_it(pipe, photo):
         handle.remove()
     assert seen == [(i, 5, 7.5, True, ["latents", "prompt_embeds", "x0"]) for i in (0, 1)]  # stopped after step 1
     assert sizes == [2, 2] and pipe.interrupt
+
+
+def test_the_upscalers_cfg_cutoff_ends_its_unconditional_pass(tiny_upscaler_dir):
+    """The same diffusers callback on stage 2: after the cut the UNet sees the conditional row only, and the result
+    differs from the fully guided one from that step on."""
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    from hdpainter.upscale import HDUpscalePipeline
+
+    sr = HDUpscalePipeline.from_pretrained(tiny_upscaler_dir)
+    sr.set_progress_bar_config(disable=True)
+    low = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    sizes, handle = unet_batches(sr)
+    try:
+        cut = sr(
+            "a cat",
+            low,
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5),
+        ).images
+    finally:
+        handle.remove()
+    assert sizes == [2, 2, 1] and sr.guidance_scale == 0.0
+    full = sr("a cat", low, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert not torch.equal(cut, full.images)
 
 
 def test_the_upscaler_returns_an_output_dataclass_and_honours_interrupt(tiny_upscaler_dir):

@@ -57,7 +57,7 @@ def test_the_ui_form_offers_exactly_the_schemas_options_and_choices():
     pytest.importorskip("gradio")
     from hdpainter.ui import InpaintApp, UIConfig
 
-    app = InpaintApp(UIConfig(models=["m"], upscaler="x4", working_size=256))
+    app = InpaintApp(UIConfig(models=["m"], upscaler="x4", working_size=1536))  # beyond the slider's usual end
     try:
         info = app.build().get_api_info()["named_endpoints"]["/inpaint"]["parameters"]
     finally:
@@ -66,7 +66,7 @@ def test_the_ui_form_offers_exactly_the_schemas_options_and_choices():
     by_name = {p["parameter_name"]: p for p in info}
     for opt in options():
         shown = by_name[opt.key]
-        default = 256 if opt.key == "working_size" else opt.default
+        default = 1536 if opt.key == "working_size" else opt.default
         if opt.labels is not None or (opt.choices and not opt.sequence):
             assert shown["type"]["enum"] == list(opt.labels or opt.choices), opt.key
             assert shown["parameter_default"] == opt.label(default)
@@ -78,7 +78,8 @@ def test_the_ui_form_offers_exactly_the_schemas_options_and_choices():
             assert shown["parameter_default"] == default, opt.key
         if opt.ui_max is not None:
             low = 0 if opt.optional else opt.range[0] if opt.range else -opt.ui_max
-            assert shown["type"]["description"] == f"numeric value between {low:g} and {opt.ui_max:g}", opt.key
+            high = max(opt.ui_max, default or 0)  # the server's own working size fits on its slider
+            assert shown["type"]["description"] == f"numeric value between {low:g} and {high:g}", opt.key
 
 
 def test_options_parse_text_and_name_themselves_per_front_end():
@@ -152,3 +153,29 @@ def test_the_documented_option_table_is_the_schemas():
     text = (Path(__file__).resolve().parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
     documented = text.split("<!-- options:begin -->\n")[1].split("<!-- options:end -->")[0]
     assert documented == options_markdown(), "regenerate the table with: python -m hdpainter.request"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sr", SRConfig(vae_tiling="off"), "sr.vae_tiling must be one of auto, on, off; got 'off'"),  # truthy text
+        ("sr", SRConfig(vae_tiling=1), "sr.vae_tiling must be one of auto, on, off; got 1"),
+        ("upscale", "no", "upscale must be true or false; got 'no'"),
+        ("num_samples", 2.5, "num_samples must be an integer; got 2.5"),
+        ("seed", True, "seed must be an integer; got True"),
+        ("negative_prompt", None, "negative_prompt must be text; got None"),
+    ],
+)
+def test_validate_checks_the_types_the_python_api_gets(field, value, message):
+    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        InpaintRequest("x", **{field: value}).validate()
+    InpaintRequest(
+        "x", guidance_scale=7, sr=SRConfig(vae_tiling=True, blend_dilation=None)
+    ).validate()  # int for float
+
+
+def test_text_and_scalars_parse_as_a_manifest_gives_them():
+    request = InpaintRequest.from_options(
+        {"prompt": "x", "painta_grids": 16, "negative_prompt": None, "upscale": "off"}
+    )
+    assert request.guidance.painta_grids == (16,) and request.negative_prompt == "" and request.upscale is False

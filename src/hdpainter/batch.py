@@ -20,6 +20,7 @@ from .outputs import TEMP_SUFFIX, output_paths, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST_FILES = ("image", "mask", "prompt")  # a manifest's own columns; the others are options of the request
+RESULT_KEYS = ("model", "upscaler", "sample", "unchanged", "mask_color", "mask_tolerance")  # a result's metadata
 MASK_SUFFIX = "_mask"  # x.png is inpainted with x_mask.png (any image suffix)
 OUTPUT_SUFFIX = ".png"
 
@@ -34,6 +35,7 @@ class BatchItem:
     prompt: str | None = None
     options: dict = field(default_factory=dict)  # a manifest row's own option values, by key (seed, steps, …)
     error: str | None = None
+    ignored: list[str] = field(default_factory=list)  # the row's columns that are not options (reported, not used)
 
 
 @dataclass
@@ -97,6 +99,9 @@ def _manifest_items(manifest: Path, prompt: str | None) -> list[BatchItem]:
                 except json.JSONDecodeError as exc:
                     row = {"_error": f"line {number} is not JSON: {exc.msg}"}
                 rows.append(row if isinstance(row, dict) else {"_error": f"line {number} is not a JSON object"})
+    from .request import option_index
+
+    options = option_index()
     items = []
     for number, row in enumerate(rows, 1):
         image, mask = row.get("image") or "", row.get("mask") or ""
@@ -107,7 +112,8 @@ def _manifest_items(manifest: Path, prompt: str | None) -> list[BatchItem]:
             row.get("prompt") or prompt,
             error=row.get("_error"),
         )
-        item.options = {k: v for k, v in row.items() if k not in MANIFEST_FILES and k != "_error" and _given(k, v)}
+        item.options = {k: v for k, v in row.items() if k in options and _given(options[k], v)}
+        item.ignored = [k for k in row if k not in options and k not in MANIFEST_FILES + RESULT_KEYS + ("_error",)]
         if item.error is None and (not image or not mask):
             item.error = f"row {number}: image and mask are both needed"
         elif item.error is None and not item.prompt:
@@ -116,15 +122,12 @@ def _manifest_items(manifest: Path, prompt: str | None) -> list[BatchItem]:
     return items
 
 
-def _given(key: str, value) -> bool:
-    """Whether a manifest cell sets its option: an empty cell falls back to the command line, except for text
-    options (an empty negative prompt means none)."""
-    from .request import option_index
-
+def _given(opt, value) -> bool:
+    """Whether a manifest cell sets its option: an empty cell falls back to the command line, except for free
+    text (an empty negative prompt means none)."""
     if value is None:
         return False
-    opt = option_index().get(key)
-    return value != "" or (opt is not None and opt.type is str)
+    return value != "" or (opt.type is str and opt.choices is None)
 
 
 def finished(item: BatchItem, out_dir: Path, num_samples: int) -> bool:

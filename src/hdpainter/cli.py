@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from .defaults import EVAL_OPTIONS
+from .defaults import EVAL_OPTIONS, EVAL_SIZE
 from .errors import HDPainterError
 from .outputs import image_format, output_paths, save_image
 from .request import InpaintRequest, Option, OptionError, options
@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sample-seed", type=int, default=0, help="the sampler's seed")
     e.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     e.add_argument("--polygon", action="store_true", help="masks from the exact polygons instead of their convex hull")
-    e.add_argument("--size", type=int, default=512, help="long side of the evaluation images (the paper's 512)")
+    e.add_argument("--size", type=int, default=EVAL_SIZE, help="long side of the evaluation images (the paper's)")
     add_request_options(
         e,
         ("seed", "steps", "guidance_scale", "rasg_eta", "rasg_sigma", "negative_prompt", "positive_prompt"),
@@ -325,6 +325,8 @@ def batch(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise HDPainterError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
     items = collect_items(args.input, args.prompt)
+    for column in dict.fromkeys(c for item in items for c in item.ignored):
+        print(f"note: manifest column {column!r} is not an option of inpaint: ignored", file=sys.stderr)
     requests = {}
     for number, item in enumerate(items, 1):
         if not item.error:
@@ -344,7 +346,10 @@ def batch(args: argparse.Namespace) -> int:
     painter = load_painter(args, upscale, device) if pending else None  # model errors end the batch here, once
 
     def process(item):
-        job = prepare_job(images.load_image(item.image), load_mask(args, item.mask), requests[item.name])
+        try:
+            job = prepare_job(images.load_image(item.image), load_mask(args, item.mask), requests[item.name])
+        except OptionError as exc:  # bounded by this item's image: named as a manifest column / flag
+            raise HDPainterError(f"{exc.option.key} {exc.detail}") from None
         result = painter.run(job, progress=False)
         return result.images, result.metadata
 

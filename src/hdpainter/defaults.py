@@ -17,4 +17,5 @@ WORKING_SIZE = 512  # long side of stage 1's working resolution (the reference's
 POISSON_PAD = 32  # reflect padding around the image before the Poisson blend (the reference's)
 POISSON_DILATION = 48  # side of the square kernel the mask is dilated with (the reference's, at 2048 px)
 CROP_ALIGN = 32  # stage 2's crop boxes start and end on multiples of this many high-res pixels (8 latent pixels)
+EVAL_SIZE = 512  # the long side the paper evaluates at (the stage-1 output, no super-resolution)
 EVAL_OPTIONS = {"rasg_eta": 0.25, "negative_prompt": "", "positive_prompt": ""}  # the reference's evaluation protocol

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import PIL.Image
 
-from .defaults import WORKING_SIZE  # noqa: F401  (long side of stage 1's working resolution; re-exported)
+from .defaults import WORKING_SIZE
 from .errors import HDPainterError
 
 PAD_MULTIPLE = 64  # images are padded right/bottom to a multiple of this

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 from diffusers import StableDiffusionInpaintPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 
 from . import images as imgs
@@ -23,7 +22,7 @@ from .core.tokens import prompt_token_indices
 from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE, WORKING_SIZE
 from .errors import HDPainterError
 from .request import GuidanceConfig, option_index
-from .schedule import DDIMSchedule
+from .schedule import DDIMSchedule, callback_tensor_inputs
 
 LOSS_SCALE = (
     1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
@@ -190,8 +189,11 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
             rows = cond.cond_embeds.shape[0]
             if new.shape[0] == 2 * rows and cond.uncond_embeds is not None:
                 cond.uncond_embeds, cond.cond_embeds = new.chunk(2)
-            elif new.shape[0] >= rows:
-                cond.cond_embeds = new[-rows:]
+            elif new.shape[0] == rows:
+                cond.cond_embeds = new
+            elif not self.do_classifier_free_guidance:
+                pass  # guidance switched off and the unconditional rows dropped its own way (SDCFGCutoffCallback
+                # keeps the last row only, for one sample): the conditional embeddings stay as they were
             else:
                 raise HDPainterError(
                     f"the step callback returned prompt_embeds for {new.shape[0]} samples; {rows} are sampled"
@@ -275,14 +277,9 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
                 f"the UNet has {self.unet.config.in_channels} input channels; an inpainting (9-channel) model "
                 "is needed"
             )
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise HDPainterError(
-                f"callback_on_step_end_tensor_inputs may hold {', '.join(self._callback_tensor_inputs)}, "
-                f"not {sorted(unknown)}"
-            )
+        callback_on_step_end_tensor_inputs = callback_tensor_inputs(
+            self, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         self._guidance_scale = guidance_scale
         self._interrupt = False
         prompts = _as_list(prompt, "prompt")

@@ -25,6 +25,7 @@ __all__ = ["GuidanceConfig", "HDPainter", "InpaintRequest", "InpaintResult", "Jo
 
 REFERENCE_SIZE = 2048  # the long side at which the reference blends (its fixed output size)
 WINDOW_MARGIN = 4  # pixels kept around the Poisson blend region in the window it is solved on
+NO_UPSCALER = "stage 2 needs an upscaler: load one (upscaler=...) or use sr=SRConfig(method='bicubic') (--sr-method)"
 EMPTY_MASK_NOTE = "the mask is empty: nothing to inpaint; the output is the input, unchanged"
 
 
@@ -198,7 +199,7 @@ def finish(
     window = blend_window(binary, sr.blend_pad, dilation)
     if request.needs_upscaler(original.size):
         if upscaler is None:
-            raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
+            raise HDPainterError(NO_UPSCALER)
         hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
         needed = source_box(window, hr_size, original.size)
         patch = super_resolve(
@@ -296,7 +297,7 @@ class HDPainter:
             warnings.warn(EMPTY_MASK_NOTE, stacklevel=3)
             return job.unchanged(self.model_name)
         if job.needs_upscaler and self.upscaler is None:
-            raise HDPainterError("stage 2 needs an upscaler: load one (upscaler=...) or use sr_method='bicubic'")
+            raise HDPainterError(NO_UPSCALER)
         self.pipeline.set_progress_bar_config(disable=not progress)
         if self.upscaler is not None:
             self.upscaler.set_progress_bar_config(disable=not progress)

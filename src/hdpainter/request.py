@@ -34,6 +34,7 @@ SR_REGIONS = ("crop", "whole")
 ATTENTION_GRIDS = (8, 16, 32, 64)  # pixel divisors of an SD UNet's attention grids (H/8 … H/64)
 WORKING_RANGE = (64, 2048)
 TILING = {"auto": None, "on": True, "off": False}  # vae_tiling's values as the CLI and UI spell them
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")  # booleans as text (CSV cells)
 
 
 def option(
@@ -119,10 +120,11 @@ class Option:
                 value = self.labels[value]
             elif isinstance(value, str) or value not in self.labels.values():
                 raise OptionError(self, f"must be one of {', '.join(self.labels)}; got {value!r}")
-        elif self.sequence and isinstance(value, str):
-            value = tuple(self._scalar(part.strip()) for part in value.split(",") if part.strip())
         elif self.sequence:
-            value = tuple(self._scalar(v) for v in value)
+            parts = (
+                value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+            )
+            value = tuple(self._scalar(p.strip() if isinstance(p, str) else p) for p in parts if p != "")
         elif self.optional and (value is None or value == ""):
             value = None
         else:
@@ -134,10 +136,18 @@ class Option:
         if self.type is bool:
             if isinstance(value, str):
                 lowered = value.strip().lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                if lowered not in TRUE_WORDS + FALSE_WORDS:
                     raise OptionError(self, f"must be true or false; got {value!r}")
-                return lowered in ("true", "1", "yes")
-            return bool(value)
+                return lowered in TRUE_WORDS
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise OptionError(self, f"must be true or false; got {value!r}")
+        if self.type is str:
+            if value is None:
+                return ""  # no text: as '' (no negative prompt, no suffix)
+            if not isinstance(value, str):
+                raise OptionError(self, f"must be text; got {value!r}")
+            return value
         if self.type is int and isinstance(value, float) and value.is_integer():
             return int(value)
         try:
@@ -150,15 +160,28 @@ class Option:
             ) from None
 
     def check(self, value) -> None:
-        if value is None and (self.optional or self.labels is not None):
+        """The value as typed (the Python API's fields are checked here): its type, then choices and range."""
+        if self.labels is not None:  # exactly one of the values (True, not 1)
+            if not any(type(value) is type(v) and value == v for v in self.labels.values()):
+                raise OptionError(self, f"must be one of {', '.join(self.labels)}; got {value!r}")
+            return
+        if value is None and self.optional:
             return
         if self.sequence:
-            if not value:
-                raise OptionError(self, "must list at least one value")
+            if not isinstance(value, tuple) or not value:
+                raise OptionError(self, f"must list at least one value; got {value!r}")
             for v in value:
+                self._check_type(v)
                 self._check_one(v)
             return
+        self._check_type(value)
         self._check_one(value)
+
+    def _check_type(self, value) -> None:
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[self.type]
+        if not isinstance(value, kinds) or (self.type is not bool and isinstance(value, bool)):
+            what = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[self.type]
+            raise OptionError(self, f"must be {what}; got {value!r}")
 
     def _check_one(self, value) -> None:
         if self.choices is not None and value not in self.choices:
@@ -439,9 +462,10 @@ class InpaintRequest:
         """The seed of each sample: seed + 1000·k, as the reference CLI."""
         return [self.seed + k * SEED_STRIDE for k in range(self.num_samples)]
 
-    def metadata(self) -> dict:
-        """Every option by its key (as the CLI and manifests spell it), the prompt, and `extra`."""
-        return {"prompt": self.prompt} | {opt.key: self.get(opt) for opt in options()} | self.extra
+    def metadata(self, groups: tuple[str, ...] | None = None) -> dict:
+        """Every option (or those of `groups`) by its key, as the CLI and manifests spell it; the prompt; `extra`."""
+        chosen = [opt for opt in options() if groups is None or opt.group in groups]
+        return {"prompt": self.prompt} | {opt.key: self.get(opt) for opt in chosen} | self.extra
 
 
 def _options(cls, prefix: tuple[str, ...] = ()) -> Iterator[Option]:

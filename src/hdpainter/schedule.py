@@ -1,12 +1,28 @@
-"""What both pipelines do before sampling: draw or check x_T, and lay out the DDIM schedule."""
+"""What both pipelines do before sampling: check the step callback, draw or check x_T, lay out the DDIM schedule."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .core.sampling import trailing_timesteps
 from .errors import HDPainterError
+
+
+def callback_tensor_inputs(pipe, callback, names: Sequence[str]) -> list[str]:
+    """The tensors a step callback gets: a diffusers PipelineCallback's own, or `names`; each one the pipeline has."""
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        names = callback.tensor_inputs
+    unknown = set(names) - set(pipe._callback_tensor_inputs)
+    if unknown:
+        raise HDPainterError(
+            f"callback_on_step_end_tensor_inputs may hold {', '.join(pipe._callback_tensor_inputs)}, "
+            f"not {sorted(unknown)}"
+        )
+    return list(names)
 
 
 class DDIMSchedule:

@@ -105,11 +105,14 @@ class PainterCache:
         self.lock = threading.Lock()
         self.painter = None
 
+    def check(self, model: str) -> None:
+        if model not in self.config.models:  # never a name (or a path) the server was not started with
+            raise HDPainterError(f"unknown model {model!r}: this server offers {', '.join(self.config.models)}")
+
     def get(self, model: str):
         from .painter import HDPainter
 
-        if model not in self.config.models:  # never a name (or a path) the server was not started with
-            raise HDPainterError(f"unknown model {model!r}: this server offers {', '.join(self.config.models)}")
+        self.check(model)
         if self.painter is None:
             c = self.config
             self.painter = HDPainter.from_pretrained(
@@ -215,10 +218,16 @@ class InpaintApp:
         from .painter import prepare_job
 
         image, mask = self.inputs(form)
-        job = prepare_job(image, mask, self.request(form))  # every input check, before any model work
-        with self.cache.lock:
-            painter = self.cache.get(form.model)
-            result = painter.run(job, progress=False, on_step=on_step)
+        try:
+            job = prepare_job(image, mask, self.request(form))  # every input check, before any model work
+        except OptionError as exc:  # bounded by the image's size: named as the form's API names it
+            raise HDPainterError(f"{exc.option.key} {exc.detail}") from None
+        self.cache.check(form.model)
+        if job.empty:  # nothing to paint: no model work at all
+            result = job.unchanged(form.model)
+        else:
+            with self.cache.lock:
+                result = self.cache.get(form.model).run(job, progress=False, on_step=on_step)
         self._remove_old_outputs()
         run_id = uuid.uuid4().hex[:12]  # our own names: nothing from the request names a file
         paths = []
@@ -360,10 +369,10 @@ def widget(gr, opt: Option, value, interactive: bool = True):
     if opt.optional:  # None means automatic: 0 on a slider from 0 (below the option's range)
         common["label"] += " (0: auto)"
         return gr.Slider(0, opt.ui_max, value=value or 0, step=1, **common)
-    if opt.ui_max is not None:
+    if opt.ui_max is not None:  # Gradio refuses values beyond a slider's ends: they are the form's limits
         low = opt.range[0] if opt.range else -opt.ui_max
-        step = 1 if opt.type is int else opt.ui_max / 40
-        return gr.Slider(low, opt.ui_max, value=value, step=step, **common)
+        step = opt.multiple_of or (2 if opt.odd else 1) if opt.type is int else opt.ui_max / 40
+        return gr.Slider(low, max(opt.ui_max, value), value=value, step=step, **common)
     return gr.Number(value, precision=0 if opt.type is int else None, **common)
 
 

@@ -12,7 +12,7 @@ Notation: x_t `latents`, x̂0 `x0`, ε̂ `eps`, ᾱ `alpha_bar`, E(I_hr) `known`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,7 @@ from .core.sampling import Prediction, sample, split_prediction, with_known_regi
 from .defaults import CROP_ALIGN
 from .errors import HDPainterError
 from .request import SR_METHODS, SR_REGIONS, SRConfig
-from .schedule import DDIMSchedule
+from .schedule import DDIMSchedule, callback_tensor_inputs
 
 __all__ = [
     "CROP_ALIGN",
@@ -153,7 +153,7 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
 
-    _callback_tensor_inputs = ["latents", "x0", "eps"]
+    _callback_tensor_inputs = ["latents", "x0", "eps", "prompt_embeds"]
 
     @property
     def guidance_scale(self) -> float:
@@ -186,6 +186,7 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
         latents: torch.Tensor | None = None,
         low_res_noise: torch.Tensor | None = None,
         callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents", "x0", "eps"),
         output_type: str = "pt",
         return_dict: bool = True,
     ):
@@ -194,14 +195,17 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
 
         `known` ((1, 4, h, w), from `encode_known`) and `blend_mask` ((1, 1, h, w), 1 = paint) switch on
         Eq. 10; leave both None for the plain upscaler. `latents` and `low_res_noise` replace the draws
-        from `generator` (x_T, and the low-res augmentation noise). `callback_on_step_end(self, i, t,
-        {"latents", "x0", "eps"})` sees each step after the blend, x0 being the blended x̂0; it may return
-        new latents. The diffusers properties (`guidance_scale`, `num_timesteps`, `interrupt`) describe the call.
+        from `generator` (x_T, and the low-res augmentation noise). `callback_on_step_end(self, i, t, tensors)`
+        sees each step after the blend (`callback_on_step_end_tensor_inputs` of "latents", "x0" (the blended x̂0),
+        "eps", "prompt_embeds"); it may return new latents or prompt embeddings, and set `_guidance_scale` ≤ 1
+        to end the unconditional pass (diffusers' `SDCFGCutoffCallback` does). The diffusers properties
+        (`guidance_scale`, `do_classifier_free_guidance`, `num_timesteps`, `interrupt`) describe the call.
         """
         if (known is None) != (blend_mask is None):
             raise HDPainterError("known and blend_mask go together: give both for Eq. 10, neither for plain SR")
         if output_type not in ("pt", "latent"):
             raise HDPainterError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
+        tensor_inputs = callback_tensor_inputs(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         device, dtype = self._execution_device, self.unet.dtype
         _, _, h, w = low_res.shape
         self._guidance_scale, self._interrupt = guidance_scale, False
@@ -225,30 +229,43 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
         timesteps, alpha_bar, prediction_type = self.ddim_schedule(num_inference_steps, "v_prediction")
 
         # 4. DDIM (η = 0) on x̂0 blended with the known latents (Eq. 10); the last step's x̂0 is decoded
+        state = {"embeds": embeds, "x0": None}
+
         def model(x: torch.Tensor, i: int, t: int) -> Prediction:
-            x_in = torch.cat([torch.cat([x] * copies), condition], dim=1)
-            t_batch = torch.full((copies,), t, device=device, dtype=torch.long)
-            out = self.unet(x_in, t_batch, encoder_hidden_states=embeds, class_labels=labels, return_dict=False)[0]
-            if do_cfg:
+            guided = copies == 2 and self.do_classifier_free_guidance  # a callback may switch guidance off
+            rows = slice(None) if guided else slice(-1, None)  # off: the conditional half only
+            x_in = torch.cat([torch.cat([x] * (2 if guided else 1)), condition[rows]], dim=1)
+            t_batch = torch.full((2 if guided else 1,), t, device=device, dtype=torch.long)
+            embeds_now = state["embeds"] if guided or state["embeds"].shape[0] == 1 else state["embeds"][-1:]
+            out = self.unet(
+                x_in, t_batch, encoder_hidden_states=embeds_now, class_labels=labels[rows], return_dict=False
+            )[0]
+            if guided:
                 out_uncond, out_cond = out.float().chunk(2)
                 out = out_uncond + self.guidance_scale * (out_cond - out_uncond)
             return Prediction(*split_prediction(out.float(), x.float(), float(alpha_bar[t]), prediction_type))
 
         if known is not None:
             model = with_known_region(
-                model, known.to(device=device, dtype=torch.float32), blend_mask.to(device=device, dtype=torch.float32)
+                model,
+                known.to(device=device, dtype=torch.float32),
+                blend_mask.to(device=device, dtype=torch.float32),
             )
 
         with self.progress_bar(total=len(timesteps)) as progress:
 
             def step_end(i: int, t: int, x: torch.Tensor, pred: Prediction) -> torch.Tensor:
+                state["x0"] = pred.x0  # float32: the last one is decoded at full precision
                 if callback_on_step_end is not None:
-                    outputs = callback_on_step_end(self, i, t, {"latents": x, "x0": pred.x0, "eps": pred.eps}) or {}
+                    local = {"latents": x, "x0": pred.x0, "eps": pred.eps, "prompt_embeds": state["embeds"]}
+                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs}) or {}
                     x = outputs.get("latents", x)
+                    state["embeds"] = outputs.get("prompt_embeds", state["embeds"])
                 progress.update()
                 return x
 
-            x0 = sample(model, latents, timesteps, alpha_bar, callback=step_end, interrupted=lambda: self.interrupt)
+            sample(model, latents, timesteps, alpha_bar, callback=step_end, interrupted=lambda: self.interrupt)
+        x0 = state["x0"] if state["x0"] is not None else latents.float()  # interrupted before any step: x_T
         result = x0 if output_type == "latent" else self.decode(x0).float()
         self.maybe_free_model_hooks()  # with model cpu offload, the VAE goes back to the CPU
         if not return_dict:
@@ -283,7 +300,7 @@ def super_resolve(
     """
     config.check()
     if config.method == "bicubic":
-        raise HDPainterError("sr_method 'bicubic' needs no upscaler: resize the stage-1 result instead")
+        raise HDPainterError("sr.method 'bicubic' needs no upscaler: resize the stage-1 result instead")
     canvas = make_canvas(original, mask, low_res, config)
     cw, ch = canvas.padded_size
     device, dtype = pipe._execution_device, pipe.unet.dtype

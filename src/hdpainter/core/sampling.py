@@ -137,7 +137,8 @@ def sample(
 ) -> torch.Tensor:
     """DDIM from x_T over `timesteps`, each step's noise from `noise` (none: η = 0); returns the last step's x̂0.
 
-    x_{t−Δ} is cast back to x's dtype (the model's); the last step returns x̂0 itself, in float32.
+    Every x_{t−Δ} is cast back to x's dtype (the model's), the last one being x̂0 (a caller that wants x̂0 at
+    float32 precision reads it from the last prediction its callback sees).
     `callback(i, t, x_{t−Δ}, pred)` runs after each step and returns the x_{t−Δ} to go on with.
     `interrupted()` is asked before each step; once it says so the remaining steps are skipped.
     """
@@ -147,7 +148,7 @@ def sample(
             break
         pred = model(x, i, t)
         if i + 1 == len(timesteps):
-            x = pred.x0
+            x = pred.x0.to(dtype)
         else:
             t_prev = timesteps[i + 1]
             scale, direction = noise(pred, t, t_prev) if noise is not None else (0.0, None)

@@ -18,9 +18,9 @@ import numpy as np
 import PIL.Image
 
 from .. import images as imgs
+from ..defaults import EVAL_SIZE  # the long side the paper evaluates at (no super-resolution)
 from ..errors import HDPainterError
 
-EVAL_SIZE = 512  # the long side the paper evaluates at (no super-resolution)
 SUBSET = "val2017"
 
 

@@ -25,7 +25,7 @@ import PIL.Image
 from ..defaults import EVAL_OPTIONS, PAPER_METHODS
 from ..errors import HDPainterError
 from ..outputs import save_image
-from ..request import InpaintRequest
+from ..request import InpaintRequest, OptionError
 from . import metrics as M
 from .coco import EVAL_SIZE, Coco, Pair, read_pairs, sample_pairs, write_pairs
 from .stats import mean_interval, rate_interval
@@ -83,7 +83,11 @@ class EvalConfig:
             raise HDPainterError(f"--sample must be at least 1, got {self.sample}")
         if self.reference not in self.methods:
             raise HDPainterError(f"--pick-reference {self.reference!r} is not among --methods")
-        self.request(self.methods[0], "").validate()
+        try:
+            self.request(self.methods[0], "").validate()
+        except OptionError as exc:  # the evaluation's working size is its --size
+            flag = "--size" if exc.option.key == "working_size" else exc.option.flag
+            raise HDPainterError(f"{flag} {exc.detail}") from None
         M.make_metrics(self.metrics)  # unknown metric names fail here
 
     def request(self, method: str, prompt: str) -> InpaintRequest:
@@ -178,11 +182,8 @@ def generate(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 request = config.request(method, sample.prompt)
                 image = pipe(sample.prompt, sample.image, sample.mask, **stage1_arguments(request)).images[0]
-                save_image(
-                    image,
-                    path,
-                    request.metadata() | {"pair": pair.name, "image_id": sample.image_id, "model": config.model},
-                )
+                meta = request.metadata(groups=("stage 1", "guidance"))  # no stage 2 in the protocol
+                save_image(image, path, meta | {"pair": pair.name, "image_id": sample.image_id, "model": config.model})
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # one broken pair must not stop the others

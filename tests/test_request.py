@@ -70,8 +70,10 @@ def test_the_ui_form_offers_exactly_the_schemas_options_and_choices():
         if opt.labels is not None or (opt.choices and not opt.sequence):
             assert shown["type"]["enum"] == list(opt.labels or opt.choices), opt.key
             assert shown["parameter_default"] == opt.label(default)
-        elif opt.sequence:
+        elif opt.sequence and opt.choices:
             assert shown["type"]["items"]["enum"] == list(opt.choices) and shown["parameter_default"] == list(default)
+        elif opt.sequence:  # free numbers: typed as text, "0,0,0,0"
+            assert shown["parameter_default"] == opt.label(default)
         elif opt.optional:
             assert shown["parameter_default"] == 0  # 0 on its slider: automatic (None)
         else:

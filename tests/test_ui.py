@@ -195,7 +195,9 @@ def test_another_model_replaces_the_first_and_keeps_the_upscaler(tiny_model_dir,
 
 def form_value(opt, value):
     """A default as its widget holds it (labels for tri-states, lists for grids)."""
-    value = opt.label(value) if opt.labels is not None else 0 if opt.optional and value is None else value
+    if opt.labels is not None or (opt.sequence and opt.choices is None):
+        return opt.label(value)
+    value = 0 if opt.optional and value is None else value
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -20,6 +20,7 @@ GROUPS = {  # titles of the schema's option groups in --help
     "stage 1": "stage 1 (the guided inpainting at the working size)",
     "mask": "mask conveniences (applied after --mask-color, in this order: invert, grow; feather at the end)",
     "guidance": "where and when PAIntA and RASG act (the reference's values)",
+    "outpaint": "outpainting (the canvas grows; the new area is masked and painted)",
     "stage 2": "stage 2 (super-resolution and blending; used when the image is larger than the working size)",
 }
 DEMO_DEFAULTS = {"seed": 0}  # the demo's seed draws its scene too
@@ -105,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("inpaint", "fill the masked region of an image with what the prompt asks for")
     p.add_argument("--image", required=True, help="input image (any format Pillow reads)")
-    p.add_argument("--mask", required=True, help="mask of the same size, white (>127) = fill")
+    p.add_argument(
+        "--mask", default=None, help="mask of the same size, white (>127) = fill (optional when outpainting)"
+    )
     p.add_argument("--prompt", required=True, help="what to paint in the masked region")
     p.add_argument(
         "--output",
@@ -287,7 +290,10 @@ def inpaint(args: argparse.Namespace) -> int:
             raise HDPainterError(f"output folder does not exist: {path.parent}")
     request = make_request(args, args.prompt, image=os.path.basename(args.image))
     request.validate()
-    job = prepare_job(images.load_image(args.image), load_mask(args), request)  # every input check before loading
+    if args.mask is None and not (any(request.outpaint) or request.outpaint_to):
+        raise HDPainterError("--mask is needed (unless --outpaint or --outpaint-to grows the canvas to paint)")
+    mask = load_mask(args) if args.mask is not None else None
+    job = prepare_job(images.load_image(args.image), mask, request)  # every input check before loading
     painter = None if job.empty else load_painter(args, job.needs_upscaler)
     result = painter.run(job) if painter else job.unchanged(args.model)
     for note in result.notes:

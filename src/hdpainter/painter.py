@@ -17,6 +17,7 @@ import numpy as np
 import PIL.Image
 
 from . import images as imgs
+from . import region
 from .core.blend import POISSON_DILATION, blend_region, poisson_blend
 from .errors import HDPainterError
 from .request import GuidanceConfig, InpaintRequest, SRConfig
@@ -53,20 +54,32 @@ class InpaintResult:
 
 @dataclass
 class Job:
-    """A validated request on one image: the RGB image, the binary mask after the request's mask conveniences."""
+    """A validated request on one image: the RGB image (grown when outpainting), the binary mask after the
+    request's conveniences, and the box of it that stage 1 inpaints (the whole image, or a context crop)."""
 
     image: PIL.Image.Image
     mask: PIL.Image.Image
     request: InpaintRequest
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) of `image` that stages 1 and 2 work on
+    input_size: tuple[int, int] | None = None  # the photo's size before outpainting grew the canvas
 
     @property
     def empty(self) -> bool:
         return not np.any(np.asarray(self.mask))
 
     @property
+    def cropped(self) -> bool:
+        return self.box != (0, 0, *self.image.size)
+
+    @property
+    def region_size(self) -> tuple[int, int]:
+        x0, y0, x1, y1 = self.box
+        return x1 - x0, y1 - y0
+
+    @property
     def needs_upscaler(self) -> bool:
         """Whether stage 2 will diffuse (an upscaler must be loaded)."""
-        return not self.empty and self.request.needs_upscaler(self.image.size)
+        return not self.empty and self.request.needs_upscaler(self.region_size)
 
     def metadata(self, model: str | None = None, upscaler: str | None = None) -> list[dict]:
         base = self.request.metadata()
@@ -76,6 +89,11 @@ class Job:
             base["upscaler"] = upscaler
         if self.empty:
             base["unchanged"] = True
+        else:  # what stage 1 actually worked on
+            base["stage1_box"] = list(self.box)
+            base["stage1_region_used"] = "crop" if self.cropped else "whole"
+        if self.input_size is not None and self.input_size != self.image.size:
+            base["canvas"] = list(self.image.size)
         return [base | {"seed": seed, "sample": k + 1} for k, seed in enumerate(self.request.seeds())]
 
     def unchanged(self, model: str | None = None) -> InpaintResult:
@@ -91,20 +109,29 @@ class Job:
 
 def prepare_job(image, mask, request: InpaintRequest) -> Job:
     """Every check of a request on an image before any model work: options, sizes, the mask (after its
-    inversion and growth); raises HDPainterError naming what is wrong. An empty mask is not an error."""
-    image, mask = imgs.to_rgb(imgs.as_pil(image, "image")), imgs.to_mask(imgs.as_pil(mask, "mask"))
+    inversion and growth), outpainting's canvas, the box stage 1 inpaints; raises HDPainterError naming what
+    is wrong. An empty mask is not an error. `mask` may be None when outpainting (nothing else to paint)."""
+    image = imgs.to_rgb(imgs.as_pil(image, "image"))
+    mask = PIL.Image.new("L", image.size, 0) if mask is None else imgs.to_mask(imgs.as_pil(mask, "mask"))
     imgs.check_size(image.size, "image")
     if image.size != mask.size:
         raise HDPainterError(
             f"image is {image.size[0]}x{image.size[1]} but mask is {mask.size[0]}x{mask.size[1]}: they must match"
         )
-    request.validate(image.size)
+    input_size = image.size
+    amounts = region.outpaint_amounts(image.size, request.outpaint, request.outpaint_to)
+    canvas = (image.size[0] + amounts[0] + amounts[2], image.size[1] + amounts[1] + amounts[3])
+    imgs.check_size(canvas, "the outpainted canvas")
+    request.validate(canvas)
     if request.mask_invert:
         mask = imgs.invert_mask(mask)
     mask = imgs.grow_mask(mask, request.mask_grow)
-    job = Job(image, mask, request)
-    if not job.empty:
-        imgs.prepare(image, mask, request.working_size)  # a full mask, or an image too elongated, fails here
+    image, mask = region.outpaint(image, mask, amounts, request.outpaint_fill, request.outpaint_overlap)
+    binary = np.asarray(mask) > 0
+    box = region.stage1_box(binary, request.working_size, request.stage1_region, request.stage1_context)
+    job = Job(image, mask, request, box, input_size)
+    if not job.empty:  # a full mask, or a region too elongated, fails here
+        imgs.prepare(image.crop(box), mask.crop(box), request.working_size)
     return job
 
 
@@ -192,7 +219,8 @@ def finish(
     `callback_on_step_end` is passed to the upscaler (called after each of its steps when it diffuses)."""
     from .upscale import SR_SCALE, super_resolve
 
-    request.validate(original.size)
+    request.sr.check()
+    request.check_bounded(original.size, ("blend_dilation", "blend_pad"))
     sr = request.sr
     binary = np.asarray(mask.convert("L")) > 0
     dilation = blend_dilation(original.size, sr.blend_dilation)
@@ -301,21 +329,23 @@ class HDPainter:
         self.pipeline.set_progress_bar_config(disable=not progress)
         if self.upscaler is not None:
             self.upscaler.set_progress_bar_config(disable=not progress)
+        # stages 1 and 2 on the box (the whole image, or the context crop), then the box back into the image
+        part, part_mask = (image.crop(job.box), mask.crop(job.box)) if job.cropped else (image, mask)
         stage1 = self.pipeline(
             request.prompt,
-            image,
-            mask,
+            part,
+            part_mask,
             **stage1_arguments(request),
             callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
         ).images
         seeds = request.seeds()
         if not request.upscale:
-            outputs = [composite(image, generated, mask) for generated in stage1]
+            outputs = [composite(part, generated, part_mask) for generated in stage1]
         else:
             outputs = [
                 finish(
-                    image,
-                    mask,
+                    part,
+                    part_mask,
                     generated,
                     request,
                     self.upscaler,
@@ -324,9 +354,18 @@ class HDPainter:
                 )
                 for k, (generated, seed) in enumerate(zip(stage1, seeds))
             ]
+        if job.cropped:
+            outputs = [_paste(image, out, job.box) for out in outputs]
         if request.mask_feather > 0:
             outputs = [imgs.feather_paste(image, out, mask, request.mask_feather) for out in outputs]
         return InpaintResult(outputs, seeds, job.metadata(self.model_name, self.upscaler_name))
+
+
+def _paste(image: PIL.Image.Image, part: PIL.Image.Image, box: tuple[int, int, int, int]) -> PIL.Image.Image:
+    """`image` with `part` (the box's result) in place: outside the box, the image's own pixels."""
+    out = image.copy()
+    out.paste(part, box[:2])
+    return out
 
 
 def _load_inpaint(model: str, options: dict):

@@ -33,6 +33,9 @@ SR_METHODS = ("specialized", "baseline", "bicubic")
 SR_REGIONS = ("crop", "whole")
 ATTENTION_GRIDS = (8, 16, 32, 64)  # pixel divisors of an SD UNet's attention grids (H/8 … H/64)
 WORKING_RANGE = (64, 2048)
+STAGE1_REGIONS = ("auto", "crop", "whole")
+FILLS = ("blur", "edge", "reflect")  # how outpainting pre-fills the new area (hdpainter.region)
+MAX_OUTPAINT = 8192  # pixels added on one side at most (the grown canvas must also stay under 64 MP)
 TILING = {"auto": None, "on": True, "off": False}  # vae_tiling's values as the CLI and UI spell them
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")  # booleans as text (CSV cells)
 
@@ -49,6 +52,7 @@ def option(
     group: str = "stage 1",
     ui_max=None,
     odd=False,
+    length=None,
 ):
     """A dataclass field that carries its own help, choices, range and CLI key (see `Option`)."""
     meta = dict(
@@ -61,6 +65,7 @@ def option(
         group=group,
         ui_max=ui_max,
         odd=odd,
+        length=length,
     )
     return field(default=default, metadata=meta)
 
@@ -95,6 +100,7 @@ class Option:
     sequence: bool = False  # a tuple of `type`
     ui_max: float | None = None  # the web UI slider's upper end, where the range has none or a large one
     odd: bool = False
+    length: int | None = None  # a sequence of exactly this many values
 
     @property
     def name(self) -> str:
@@ -170,6 +176,8 @@ class Option:
         if self.sequence:
             if not isinstance(value, tuple) or not value:
                 raise OptionError(self, f"must list at least one value; got {value!r}")
+            if self.length is not None and len(value) != self.length:
+                raise OptionError(self, f"must list {self.length} values; got {len(value)}")
             for v in value:
                 self._check_type(v)
                 self._check_one(v)
@@ -377,6 +385,19 @@ class InpaintRequest:
         multiple_of=8,
         ui_max=1024,
     )
+    stage1_region: str = option(
+        "auto",
+        "what stage 1 inpaints: crop (a box around the mask, resized to the working size), whole (the whole image, "
+        "the reference's), auto (crop when it gives stage 1 at least twice the whole image's scale)",
+        choices=STAGE1_REGIONS,
+    )
+    stage1_context: int | None = option(
+        None,
+        "crop: pixels of the photo kept around the mask's box (auto: a square twice the mask's long side, at least "
+        "the working size)",
+        range=(0, None),
+        ui_max=2048,
+    )
     mask_invert: bool = option(False, "fill what the mask leaves out", group="mask")
     mask_grow: int = option(
         0, "grow the mask by this many pixels (Euclidean; negative shrinks)", group="mask", ui_max=64
@@ -393,6 +414,29 @@ class InpaintRequest:
         True,
         "stage 2 (super-resolution and Poisson blend); off: resize the stage-1 result and paste it (a fast preview)",
         group="stage 2",
+    )
+    outpaint: tuple[int, ...] = option(
+        (0, 0, 0, 0),
+        "grow the canvas by LEFT,TOP,RIGHT,BOTTOM pixels and paint the new area",
+        range=(0, MAX_OUTPAINT),
+        length=4,
+        group="outpaint",
+    )
+    outpaint_to: str = option(
+        "", "grow the canvas to WxH, the photo centred (instead of --outpaint)", group="outpaint"
+    )
+    outpaint_fill: str = option(
+        "blur",
+        "how the new area is pre-filled: blur (edge pixels carried out, blurred), edge, reflect",
+        choices=FILLS,
+        group="outpaint",
+    )
+    outpaint_overlap: int = option(
+        16,
+        "pixels of the photo along each grown side painted too (the seam)",
+        range=(0, None),
+        group="outpaint",
+        ui_max=128,
     )
     guidance: GuidanceConfig = GuidanceConfig()
     sr: SRConfig = SRConfig()
@@ -433,14 +477,17 @@ class InpaintRequest:
         for opt in options():
             opt.check(self.get(opt))
         if image_size is not None:
-            long_side = max(image_size)
-            bounded = ("mask_feather", "blend_dilation", "blend_pad") if self.upscale else ("mask_feather",)
-            for opt in options():
-                if opt.key in bounded:
-                    value = self.get(opt)
-                    low = opt.range[0]
-                    if value is not None and not low <= value <= long_side:
-                        raise OptionError(opt, f"must be in {low}..{long_side} (the image's long side), got {value}")
+            self.check_bounded(image_size, ("mask_feather", "stage1_context"))
+            if self.upscale:
+                self.check_bounded(image_size, ("blend_dilation", "blend_pad"))
+
+    def check_bounded(self, image_size: tuple[int, int], keys: tuple[str, ...]) -> None:
+        """The options of `keys` against the long side of the image they apply to."""
+        long_side = max(image_size)
+        for opt in options():
+            value = self.get(opt) if opt.key in keys else None
+            if value is not None and not opt.range[0] <= value <= long_side:
+                raise OptionError(opt, f"must be in {opt.range[0]}..{long_side} (the image's long side), got {value}")
 
     def get(self, opt: Option):
         value = self
@@ -491,6 +538,7 @@ def _options(cls, prefix: tuple[str, ...] = ()) -> Iterator[Option]:
             sequence=sequence,
             ui_max=meta["ui_max"],
             odd=meta["odd"],
+            length=meta["length"],
         )
 
 

@@ -40,7 +40,13 @@ OUTPUT_MAX_AGE_S = 3600  # result files older than this are removed from the app
 BRUSH_COLOR = "rgba(255, 0, 255, 0.6)"  # see-through, so the photo shows under the stroke
 CAPPED = ("steps", "num_samples")  # the server refuses more than their sliders offer (work per request)
 MAIN_OPTIONS = ("method", "steps", "seed", "guidance_scale", "rasg_eta", "num_samples", "upscale")  # beside the image
-GROUP_TITLES = {"stage 1": "More", "mask": "Mask", "guidance": "PAIntA and RASG", "stage 2": "Stage 2"}
+GROUP_TITLES = {
+    "stage 1": "More",
+    "mask": "Mask",
+    "outpaint": "Outpaint",
+    "guidance": "PAIntA and RASG",
+    "stage 2": "Stage 2",
+}
 LABELS = {
     "steps": "Steps",
     "seed": "Seed",
@@ -360,8 +366,10 @@ def widget(gr, opt: Option, value, interactive: bool = True):
         return gr.Checkbox(value=value, **common)
     if opt.labels is not None:
         return gr.Dropdown(list(opt.labels), value=opt.label(value), **common)
-    if opt.sequence:
+    if opt.sequence and opt.choices is not None:
         return gr.CheckboxGroup(list(opt.choices), value=list(value), **common)
+    if opt.sequence:
+        return gr.Textbox(opt.label(value), **common)
     if opt.choices is not None:
         return gr.Dropdown(list(opt.choices), value=value, **common)
     if opt.type is str:

@@ -121,16 +121,6 @@ def crop_box(needed: tuple[int, int, int, int], context: int, canvas: tuple[int,
     return down(x0), down(y0), up(x1, canvas[0]), up(y1, canvas[1])
 
 
-def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), exclusive, of a bool mask's set pixels; None when it has none."""
-    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
-    if not rows.any():
-        return None
-    y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
-    x0, x1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
-    return int(x0), int(y0), int(x1), int(y1)
-
-
 def to_unit_range(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 → (1, 3, H, W) float32 in [−1, 1] (the reference's x/255·2 − 1)."""
     return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
@@ -319,7 +309,7 @@ def super_resolve(
     if config.region == "whole":
         box = (0, 0, cw, ch)
     else:
-        box_mask = bounding_box(canvas.painted)
+        box_mask = imgs.bounding_box(canvas.painted)
         if box_mask is None:
             raise HDPainterError("the mask is empty at the high resolution: nothing to super-resolve")
         if needed is not None:

@@ -28,14 +28,14 @@ def box_mask(size, *boxes):
 @pytest.mark.parametrize(
     "size, boxes, working, context, want",
     [
-        # a square twice the mask's long side (or the working size), centred on the mask's box
-        ((2000, 1500), [(500, 400, 600, 460)], 128, None, (450, 330, 650, 530)),
-        ((2000, 1500), [(500, 400, 540, 420)], 256, None, (392, 282, 648, 538)),  # at least the working size
-        ((2000, 1500), [(0, 0, 50, 50)], 256, None, (0, 0, 256, 256)),  # touching a corner: shifted inside
-        ((2000, 1500), [(1990, 1400, 2000, 1500)], 128, None, (1800, 1300, 2000, 1500)),  # the opposite corner
+        # the image's aspect ratio, long side twice the mask's (or the working size), each side ≥ twice the mask's
+        ((2000, 1500), [(500, 400, 600, 460)], 128, None, (450, 355, 650, 505)),  # 200 × 150
+        ((2000, 1500), [(500, 400, 540, 420)], 256, None, (392, 314, 648, 506)),  # at least the working size
+        ((2000, 1500), [(0, 0, 50, 50)], 256, None, (0, 0, 256, 192)),  # touching a corner: shifted inside
+        ((2000, 1500), [(1990, 1400, 2000, 1500)], 128, None, (1800, 1300, 2000, 1500)),  # tall mask: 200 high
         ((2000, 200), [(900, 50, 1000, 150)], 256, None, (822, 0, 1078, 200)),  # the short side is the image's
-        ((2000, 1500), [(100, 100, 150, 150), (300, 120, 340, 160)], 64, None, (0, 0, 480, 480)),  # the union box
-        ((2000, 1500), [(500, 400, 600, 460)], 128, 30, (470, 370, 630, 490)),  # an explicit context, not squared
+        ((2000, 1500), [(100, 100, 150, 150), (300, 120, 340, 160)], 64, None, (0, 0, 480, 360)),  # the union box
+        ((2000, 1500), [(500, 400, 600, 460)], 128, 30, (470, 370, 630, 490)),  # an explicit context, as it is
         ((2000, 1500), [(10, 400, 600, 460)], 128, 30, (0, 370, 630, 490)),  # clipped at the border
     ],
 )
@@ -86,7 +86,7 @@ def test_a_crop_is_the_whole_method_on_the_box_pasted_back(painter, upscale):
     mask = PIL.Image.fromarray(mask_array)
     result = painter(image, mask, request(upscale=upscale, num_samples=2), progress=False)
     box = tuple(result.metadata[0]["stage1_box"])
-    assert box == (383, 283, 447, 347) and result.metadata[0]["stage1_region_used"] == "crop"  # auto: 64 px square
+    assert box == (383, 285, 447, 345) and result.metadata[0]["stage1_region_used"] == "crop"  # auto: 64 × 60
     direct = painter(
         image.crop(box), mask.crop(box), request(upscale=upscale, num_samples=2, stage1_region="whole"), progress=False
     )
@@ -98,7 +98,7 @@ def test_a_crop_is_the_whole_method_on_the_box_pasted_back(painter, upscale):
         part_mask = mask_array[box[1] : box[3], box[0] : box[2]]
         if upscale:  # the Poisson blend's region in the box
             x0, y0, x1, y1 = blend_region(part_mask, 32, blend_dilation((64, 64), None))
-        else:  # the preview's paste: the mask grown by 2 stage-1 pixels (here 2 px: the box is at working size)
+        else:  # the preview's paste: the mask grown by 2 stage-1 pixels (the box's long side is the working size)
             mx0, my0, mx1, my1 = imgs.bounding_box(part_mask)
             x0, y0, x1, y1 = mx0 - 2, my0 - 2, mx1 + 2, my1 + 2
         allowed = np.zeros_like(changed)
@@ -184,3 +184,26 @@ def test_outpaint_from_the_command_line_needs_no_mask(capsys, tmp_path, tiny_mod
     assert cli.main(argv) == 2 and "--mask is needed" in capsys.readouterr().err
     assert cli.main([*argv, "--outpaint", "0,0,10,0", "--stage1-context", "999"]) == 2
     assert "--stage1-context must be in 0..130" in capsys.readouterr().err
+
+
+def test_stage2_on_a_crop_runs_at_the_whole_images_scale(painter):
+    """A crop larger than the working size: its stage-1 result goes to stage 2 resized to the scale stage 2
+    would give the whole image (here 4 · 64 / 640 = 0.4 of the box), so stage 2 costs no more than on the whole."""
+    import torch
+
+    from hdpainter.painter import finish, stage1_arguments
+    from hdpainter.region import stage2_input_size
+
+    image = photo((640, 480))
+    mask = PIL.Image.fromarray(box_mask(image.size, (300, 200, 360, 250)))
+    req = request(stage1_region="crop")
+    (got,) = painter(image, mask, req, progress=False)
+    box = stage1_box(np.asarray(mask) > 0, WORKING, "crop", None)
+    assert box == (270, 175, 390, 275)  # 120 (twice the mask's 60 px) × 100 (twice its 50), centred on it
+    assert stage2_input_size(image.size, box, WORKING) == (12, 10)  # 120 · 0.4 / 4, 100 · 0.4 / 4
+    part, part_mask = image.crop(box), mask.crop(box)
+    (stage1,) = painter.pipeline("a red ball", part, part_mask, **stage1_arguments(req)).images
+    low = stage1.resize(stage2_input_size(image.size, box, WORKING), PIL.Image.BICUBIC)
+    want = image.copy()
+    want.paste(finish(part, part_mask, low, req, painter.upscaler, torch.Generator("cpu").manual_seed(1)), box[:2])
+    assert np.array_equal(np.asarray(got), np.asarray(want))

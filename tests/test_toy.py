@@ -365,3 +365,27 @@ def test_paired_comparison_counts_shared_cases_and_sign_test():
     assert p == pytest.approx(2 * (1 + 6) / 2**6)  # two-sided exact binomial: P(X ≤ 1 | n = 6, ½) doubled
     assert bench.paired(base + mine[:3], "rasg")[:2] == (3, 0)  # only the cases both ran count
     assert bench.paired(base, "baseline") == (0, 0, 1.0)
+
+
+def test_crop_benchmark_mosaic_and_table():
+    from hdpainter import images as imgs
+
+    spec = importlib.util.spec_from_file_location("toy_crop", ROOT / "benchmarks" / "toy_crop.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (case,) = world.neglect_cases(1)
+    image, mask = bench.mosaic_case(case, np.random.default_rng(3))
+    assert image.size == mask.size == (4 * world.SIZE, 4 * world.SIZE)
+    box = imgs.bounding_box(np.asarray(mask) > 0)
+    tile = (box[0] // world.SIZE * world.SIZE, box[1] // world.SIZE * world.SIZE)
+    x, y = tile
+    assert np.array_equal(np.asarray(image)[y : y + world.SIZE, x : x + world.SIZE], np.asarray(case.image))
+    assert np.array_equal(np.asarray(mask)[y : y + world.SIZE, x : x + world.SIZE], np.asarray(case.mask))
+    rows = [
+        dict(case=k, region=r, seconds=1.0, color=True, shape=r == "crop", both=r == "crop" and k < 3)
+        for k in range(4)
+        for r in bench.REGIONS
+    ]
+    markdown = bench.table(rows)
+    assert "| whole | 100 % (51–100) | 0 % (0–49) | 0 % (0–49) | 1.0 |" in markdown
+    assert "crop right and whole wrong in 3 cases, the reverse in 0 (two-sided sign test p = 0.25)" in markdown

@@ -166,6 +166,14 @@ def test_an_empty_mask_gives_the_input_back_with_a_note(app):
             assert json.loads(saved.text["parameters"])["unchanged"] is True
 
 
+def test_outpainting_from_the_form_needs_no_strokes(app):
+    image = photo()
+    result = app.run(form(image, [], model=app.config.models[0], upscale=False, outpaint="0,0,32,0"))
+    with PIL.Image.open(result.paths[0]) as saved:
+        assert saved.size == (image.size[0] + 32, image.size[1]) and not result.notes
+        assert json.loads(saved.text["parameters"])["outpaint"] == [0, 0, 32, 0]
+
+
 def test_another_model_replaces_the_first_and_keeps_the_upscaler(tiny_model_dir, tiny_upscaler_dir, tmp_path):
     from hdpainter.testing import save_inpaint_model
 

@@ -339,6 +339,9 @@ class HDPainter:
             callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
         ).images
         seeds = request.seeds()
+        if job.cropped and job.needs_upscaler:  # stage 2 at the whole image's scale (region.stage2_input_size)
+            size = region.stage2_input_size(image.size, job.box, request.working_size)
+            stage1 = [generated.resize(size, PIL.Image.BICUBIC) for generated in stage1]
         if not request.upscale:
             outputs = [composite(part, generated, part_mask) for generated in stage1]
         else:

@@ -26,10 +26,11 @@ def stage1_box(mask: np.ndarray, working_size: int, region: str, context: int | 
     """The box (x0, y0, x1, y1) of the original that stage 1 inpaints; the whole image for region "whole".
 
     "crop": the mask's box (all its parts) grown by `context` pixels on every side, or with `context` None
-    a square centred on it whose side is twice the mask's long side and at least `working_size` (so stage 1
-    never upsamples the photo), shifted and clipped to lie inside the image. "auto": that crop when it gives
-    stage 1 at least AUTO_CROP_GAIN times the scale of the whole image (crop's long side ≤ half the image's),
-    else the whole image.
+    a box of the image's own aspect ratio centred on it, whose long side is twice the mask's long side and at
+    least `working_size` (so stage 1 never upsamples the photo, and works on as many pixels as for the whole
+    image), each side at least twice the mask's; shifted and clipped to lie inside the image. "auto": that crop
+    when it gives stage 1 at least AUTO_CROP_GAIN times the scale of the whole image (its long side at most
+    half the image's), else the whole image.
     """
     height, width = mask.shape
     whole = (0, 0, width, height)
@@ -40,12 +41,29 @@ def stage1_box(mask: np.ndarray, working_size: int, region: str, context: int | 
     if context is not None:
         crop = (max(x0 - context, 0), max(y0 - context, 0), min(x1 + context, width), min(y1 + context, height))
     else:
-        side = max(math.ceil(max(x1 - x0, y1 - y0) / MASK_SHARE), working_size)
-        (cx0, cx1), (cy0, cy1) = _centred(x0, x1, side, width), _centred(y0, y1, side, height)
+        long = max(math.ceil(max(x1 - x0, y1 - y0) / MASK_SHARE), working_size)
+        side_x, side_y = (
+            (long, round(long * height / width)) if width >= height else (round(long * width / height), long)
+        )
+        side_x = max(side_x, math.ceil((x1 - x0) / MASK_SHARE))
+        side_y = max(side_y, math.ceil((y1 - y0) / MASK_SHARE))
+        (cx0, cx1), (cy0, cy1) = _centred(x0, x1, side_x, width), _centred(y0, y1, side_y, height)
         crop = (cx0, cy0, cx1, cy1)
     if region == "auto" and max(crop[2] - crop[0], crop[3] - crop[1]) * AUTO_CROP_GAIN > max(width, height):
         return whole
     return crop
+
+
+def stage2_input_size(
+    image_size: tuple[int, int], box: tuple[int, int, int, int], working_size: int, scale: int = 4
+) -> tuple[int, int]:
+    """The size a crop's stage-1 result is resized to before stage 2's ×`scale` super-resolution: the box at the
+    scale stage 2 would lift the whole image to (`scale` × working size over the image's long side), never above
+    the box's own pixels. So stage 2 on a crop costs no more than on the whole image, and adds no detail the
+    photo does not have room for; stage 1 has painted the mask with more latent cells all the same."""
+    s = min(1.0, scale * working_size / max(image_size))
+    w, h = box[2] - box[0], box[3] - box[1]
+    return max(round(w * s / scale), imgs.MIN_SIDE), max(round(h * s / scale), imgs.MIN_SIDE)
 
 
 def _centred(start: int, end: int, side: int, limit: int) -> tuple[int, int]:

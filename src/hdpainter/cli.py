@@ -78,6 +78,11 @@ def _add_load_options(p: argparse.ArgumentParser, upscaler: bool = True) -> None
             default="x4",
             help="x4 (stabilityai/stable-diffusion-x4-upscaler), a hub id or a local diffusers folder",
         )
+    _add_device_options(p)
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """Where and how models run, and whether the hub may be asked: every command that loads models."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
     mem = p.add_argument_group("memory")
@@ -209,13 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=7860, help="port")
     u.add_argument("--max-upload-mb", type=int, default=25, help="largest file a browser may upload, in MB")
     add_request_options(u, ("working_size",))
-    u.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    u.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float16 on CUDA, float32 otherwise")
-    u.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (CUDA only)")
-    u.add_argument(
-        "--attention-slicing", action="store_true", help="compute attention in slices (less memory, slower)"
-    )
-    u.add_argument("--local-files-only", action="store_true", help="never contact the hub; use the local cache only")
+    _add_device_options(u)
     return parser
 
 
@@ -323,8 +322,7 @@ def batch(args: argparse.Namespace) -> int:
     from .painter import prepare_job
     from .parallel import distributed, rank_device
 
-    request_options_checked = make_request(args, args.prompt or "")
-    request_options_checked.validate()  # the command line's own options, once, before anything else
+    make_request(args, args.prompt or "").validate()  # the command line's own options, once, before anything else
     out_dir = Path(args.output)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -122,3 +122,69 @@ def test_a_large_dilation_at_the_border_does_not_shift_the_paste(side):
             mask[:, :] = np.roll(mask, 1, axis=1) | mask
         out = poisson_blend(image, image, mask, pad=32, dilation=94)
         assert np.abs(out.astype(int) - image.astype(int)).max() <= 1
+
+
+def reference_steps(original, generated, levels, pad, dilation):
+    """The reference's Poisson blend written out step by step (METHOD.md §6; its `poisson_blend`): the mask's
+    grey levels as given, zero-padded, grey-dilated by a square, handed to seamlessClone unchanged."""
+    import cv2
+
+    fake = np.pad(generated, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    base = np.pad(original, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    for rows, cols in ((slice(0, pad), slice(None)), (slice(-pad, None), slice(None))):
+        base[rows, cols] = fake[rows, cols]
+        base[cols, rows] = fake[cols, rows]
+    dilated = cv2.dilate(np.pad(levels, pad, mode="constant"), np.ones((dilation, dilation), np.uint8), iterations=1)
+    x, y, w, h = cv2.boundingRect(dilated)
+    return cv2.seamlessClone(fake, base, dilated, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)[pad:-pad, pad:-pad]
+
+
+def soft_masks(shape):
+    """Soft masks as the reference meets them: a binary mask bicubic-resized (its 2048 px resize), a blurred one
+    and a ramp that never reaches 255."""
+    import cv2
+    import PIL.Image
+
+    h, w = shape
+    small = np.zeros((h // 4, w // 4), np.uint8)
+    small[15:25, 20:30] = 255
+    resized = np.asarray(PIL.Image.fromarray(small).resize((w, h), PIL.Image.BICUBIC))
+    binary = np.zeros(shape, np.uint8)
+    binary[60:100, 80:120] = 255
+    blurred = cv2.GaussianBlur(binary, (15, 15), 4)
+    ramp = np.zeros(shape, np.uint8)
+    ramp[50:110, 70:130] = np.linspace(40, 200, 60).astype(np.uint8)[None, :]
+    return {"bicubic resize": resized, "blurred": blurred, "ramp": ramp}
+
+
+@pytest.mark.parametrize("kind", ["bicubic resize", "blurred", "ramp"])
+@pytest.mark.parametrize("pad, dilation", [(32, 48), (8, 9)])
+def test_poisson_blend_on_a_soft_mask_is_the_references(kind, pad, dilation):
+    original, generated, _ = scene()
+    levels = soft_masks(original.shape[:2])[kind]
+    assert 0 < np.count_nonzero((levels > 0) & (levels < 255))  # really soft
+    expected = reference_steps(original, generated, levels, pad, dilation)
+    out = poisson_blend(original, generated, levels, pad=pad, dilation=dilation)
+    np.testing.assert_array_equal(out, expected)
+    far = outside(blend_region(levels, pad, dilation), levels.shape)
+    assert np.array_equal(out[far], original[far])
+    # the grey levels matter: binarising them first (what the blend did before) gives another image
+    binarised = poisson_blend(original, generated, levels > 0, pad=pad, dilation=dilation)
+    assert not np.array_equal(binarised, out)
+
+
+def test_poisson_blend_on_a_binary_mask_is_the_references_too():
+    original, generated, mask = scene()
+    expected = reference_steps(original, generated, mask.astype(np.uint8) * 255, 8, 9)
+    np.testing.assert_array_equal(poisson_blend(original, generated, mask, pad=8, dilation=9), expected)
+
+
+def test_clone_mask_encodings():
+    from hdpainter.core.blend import clone_mask
+
+    levels = np.array([[0, 1, 2, 128, 255]], np.uint8)
+    np.testing.assert_array_equal(clone_mask(levels), levels)  # grey levels as given
+    np.testing.assert_array_equal(clone_mask(np.array([[0, 1]], np.uint8)), [[0, 255]])  # 0/1 is binary
+    np.testing.assert_array_equal(clone_mask(np.array([[False, True]])), [[0, 255]])
+    np.testing.assert_array_equal(clone_mask(np.array([[0.0, 0.5, 1.0, 2.0]])), [[0, 128, 255, 255]])
+    np.testing.assert_array_equal(clone_mask(np.array([[0, 300]], np.int32)), [[0, 255]])

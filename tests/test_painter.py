@@ -92,6 +92,27 @@ def test_bicubic_stage2_equals_a_full_image_resize_and_poisson_blend(box):
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 
+@pytest.mark.parametrize("box", [(60, 40, 110, 80), (0, 50, 40, 120)])
+def test_the_windowed_blend_of_a_soft_mask_equals_the_whole_image_blend(box):
+    """A soft mask (a binary one bicubic-resized, as the reference's 2048 px mask) keeps its grey levels
+    through the windowed blend, and the window changes nothing against blending the whole image."""
+    image, mask = photo_and_mask((181, 133), box)
+    soft = mask.resize((45, 33), PIL.Image.BICUBIC).resize(image.size, PIL.Image.BICUBIC)
+    levels = np.asarray(soft)
+    assert np.count_nonzero((levels > 0) & (levels < 255)) > 50
+    low_res = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    out = np.asarray(finish(image, soft, low_res, request(sr_method="bicubic")))
+    generated = whole_resize(np.asarray(low_res), image.size)
+    dilation = blend_dilation(image.size, None)
+    np.testing.assert_array_equal(out, poisson_blend(np.asarray(image), generated, levels, 32, dilation))
+    x0, y0, x1, y1 = blend_region(levels, 32, dilation)
+    outside = np.ones(levels.shape, bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out[outside], np.asarray(image)[outside])
+    binarised = poisson_blend(np.asarray(image), generated, levels > 0, 32, dilation)
+    assert not np.array_equal(out, binarised)
+
+
 def whole_resize(array, size):
     return resize_window(array, (0, 0), (array.shape[1], array.shape[0]), size, (0, 0, *size))
 

@@ -83,6 +83,28 @@ def test_baseline_equals_diffusers_inpaint_pipeline_with_ddim_trailing(pipe, pho
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+def test_the_vae_encoder_gets_channels_last_and_the_unet_contiguous_inputs_as_in_the_reference(pipe, photo):
+    from .test_upscale import layouts
+
+    seen, handles = layouts(pipe)
+    try:
+        for method in ("baseline", "painta+rasg"):
+            pipe(
+                "a red boat",
+                photo[0],
+                photo[1],
+                method=method,
+                num_inference_steps=2,
+                working_size=SIZE,
+                output_type="latent",
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen["vae"] == ["channels_last"] * 2
+    assert len(seen["unet"]) >= 4 and set(seen["unet"]) == {"contiguous"}
+
+
 def capture_block(block):
     seen = {}
 

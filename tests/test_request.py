@@ -26,6 +26,10 @@ def test_the_cli_offers_exactly_the_schemas_options(command):
     for opt in options():
         action = actions[opt.key]
         assert action.option_strings[0] == opt.flag
+        if opt.key in cli.MODEL_FLAGS:  # --sam-refine [MODEL]: off unless given, then with its model
+            assert action.option_strings == [opt.flag] and action.default is None and action.nargs == "?"
+            assert action.const == cli.MODEL_FLAGS[opt.key]
+            continue
         if opt.type is bool:
             assert action.option_strings == [opt.flag, "--no-" + opt.flag[2:]] and action.default is opt.default
             continue
@@ -36,6 +40,14 @@ def test_the_cli_offers_exactly_the_schemas_options(command):
         assert action.choices == want_choices, opt.key
     text = " ".join(parser.format_help().split())  # argparse wraps lines
     assert "(default: 50)" in text and "(default: auto)" in text and "(default: 16,32)" in text
+
+
+def test_sam_refine_takes_an_optional_model_which_loads_and_a_switch_which_asks():
+    base = ["--image", "i", "--mask", "m", "--prompt", "p", "--output", "o.png"]
+    parser = subcommand("inpaint")
+    off, on, named = (parser.parse_args(base + extra) for extra in ([], ["--sam-refine"], ["--sam-refine", "my/sam"]))
+    assert [cli.make_request(a, "p").sr.sam_refine for a in (off, on, named)] == [False, True, True]
+    assert (off.sam_refine, on.sam_refine, named.sam_refine) == (None, "facebook/sam-vit-base", "my/sam")
 
 
 def test_cli_defaults_parse_to_the_schemas_defaults():

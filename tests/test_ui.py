@@ -376,3 +376,33 @@ def test_the_model_is_one_the_server_offers(server, tiny_upscaler_dir, tmp_path)
         Client(url, verbose=False).predict(**args)
     loaded = app.cache.painter  # nothing yet when this test runs alone; never the folder that was asked for
     assert loaded is None or loaded.model_name == app.config.models[0]
+
+
+def test_a_preview_then_upscaling_the_second_sample_equals_the_one_shot_result(app):
+    image, box = photo((200, 150)), (80, 50, 130, 100)  # larger than the working size: stage 2 diffuses
+    f = form(image, [stroke_layer(image.size, box)], model=app.config.models[0], num_samples=2, sr_steps=3)
+    fractions = []
+    kept = app.preview(f, on_step=progress_reporter(lambda x, desc=None: fractions.append(x), f, (1,)))
+    assert len(kept.images) == 2 and kept.seeds == [3, 1003] and fractions == [0.5, 1.0]
+    assert max(kept.images[0].size) == WORKING  # stage 1's own result, at the working size
+    painter = app.cache.get(app.config.models[0])
+    stage1_calls = []
+    handle = painter.pipeline.unet.register_forward_hook(lambda *a: stage1_calls.append(1))
+    try:
+        path = app.upscale(kept, 1)
+    finally:
+        handle.remove()
+    assert stage1_calls == []  # from the kept stage-1 result: nothing recomputed
+    expected = api_result(app, image, box_mask(image.size, box), num_samples=2, sr_steps=3)
+    with PIL.Image.open(path) as saved:
+        assert saved.size == image.size
+        assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(expected[1]))
+        params = json.loads(saved.text["parameters"])
+    assert params == json.loads(json.dumps(expected.metadata[1])) and params["seed"] == 1003 and params["sample"] == 2
+    with pytest.raises(HDPainterError, match="make a preview first"):
+        app.upscale(None, 0)
+    with pytest.raises(HDPainterError, match="pick one of the 2 preview results"):
+        app.upscale(kept, 2)
+    empty = form(image, [], model=app.config.models[0])
+    with pytest.raises(HDPainterError, match="mask is empty"):
+        app.preview(empty)

@@ -91,6 +91,14 @@ def server(tiny_model_dir, tiny_upscaler_dir):
     process.wait(timeout=30)
 
 
+def open_page(page, url):
+    """Load the app until its editor is there (not "networkidle": a session's state keeps a heartbeat stream open)."""
+    page.goto(url, wait_until="load")
+    for selector in ("#editor input[type=file]", "#run", "#preview"):
+        page.locator(selector).first.wait_for(state="attached", timeout=60_000)
+    page.wait_for_timeout(1_500)  # the editor's canvas initialises after it is attached
+
+
 def upload_photo(page, path, attempts=3):
     """Upload through the editor's file input until the photo is on the canvas (an upload made while the
     page is still starting can be dropped)."""
@@ -117,7 +125,7 @@ def test_paint_a_stroke_and_get_a_result(server, tmp_path):
         browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server, wait_until="networkidle")
+            open_page(page, server)
             upload_photo(page, tmp_path / "coffee.png")
             page.wait_for_timeout(500)
             zoom = float(page.locator("#editor .zoom-number").inner_text().rstrip("%")) / 100
@@ -162,3 +170,71 @@ def test_paint_a_stroke_and_get_a_result(server, tmp_path):
     assert xs.min() >= x0 - margin and xs.max() <= x1 + margin, (xs.min(), xs.max(), x0, x1)
     assert ys.min() >= h / 2 - margin and ys.max() <= h / 2 + margin, (ys.min(), ys.max())
     assert changed.sum() > 0.5 * (x1 - x0) * 10  # a band around the stroke, not a dot
+
+
+@pytest.fixture(scope="module")
+def served_app(tiny_model_dir, tiny_upscaler_dir, tmp_path_factory):
+    """The UI served from this process, so the test can run the Python API on the very models it uses."""
+    from hdpainter.ui import InpaintApp, UIConfig, launch
+
+    config = UIConfig(models=[str(tiny_model_dir)], upscaler=str(tiny_upscaler_dir), working_size=64)
+    app = InpaintApp(config, output_dir=tmp_path_factory.mktemp("browser-out"))
+    port = free_port()
+    demo = launch(app, "127.0.0.1", port, block=False)
+    yield app, f"http://127.0.0.1:{port}"
+    demo.close()
+    app.close()
+
+
+@pytest.mark.slow
+def test_preview_two_samples_then_upscale_the_second(served_app, tmp_path):
+    import httpx
+    from skimage import data
+
+    from hdpainter.painter import InpaintRequest
+
+    app, url = served_app
+    photo = PIL.Image.fromarray(data.coffee()).resize((240, 160), PIL.Image.BICUBIC)  # > working size
+    mask = np.zeros((160, 240), np.uint8)
+    mask[50:110, 90:150] = 255
+    photo.save(tmp_path / "coffee.png")
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            open_page(page, url)
+            upload_photo(page, tmp_path / "coffee.png")
+            page.get_by_text("Mask", exact=True).first.click()  # the accordion with the mask upload
+            page.locator("#mask-upload input[type=file]").first.set_input_files(str(tmp_path / "mask.png"))
+            page.locator("#mask-upload img").first.wait_for(timeout=15_000)
+            page.locator("#prompt textarea").fill("a red rose")
+            page.get_by_label("Steps").first.fill("2")
+            page.get_by_label("Samples").first.fill("2")
+            page.locator("#preview").click()
+            page.wait_for_function("document.querySelectorAll('#results img').length >= 3", timeout=120_000)
+            assert page.locator("#downloads a").count() == 0  # stage 1 only: no full-size file yet
+            page.locator("#results img").nth(2).click()  # the second preview (the first item is the input)
+            upscale = page.locator("#upscale")
+            page.wait_for_function("!document.querySelector('#upscale').disabled", timeout=15_000)
+            upscale.click()
+            try:
+                page.wait_for_selector("#downloads a", timeout=240_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "ui-preview-upscale.png"), full_page=True)
+            link = page.locator("#downloads a").first.get_attribute("href")
+        finally:
+            browser.close()
+
+    response = httpx.get(link if link.startswith("http") else url + "/" + link.lstrip("/"), timeout=60)
+    assert response.status_code == 200
+    (tmp_path / "result.png").write_bytes(response.content)
+    painter = app.cache.get(app.config.models[0])
+    request = InpaintRequest.from_options(dict(prompt="a red rose", steps=2, num_samples=2, working_size=64))
+    expected = painter(photo, PIL.Image.fromarray(mask), request, progress=False)
+    with PIL.Image.open(tmp_path / "result.png") as result:
+        params = json.loads(result.text["parameters"])
+        assert result.size == photo.size
+        assert np.array_equal(np.asarray(result.convert("RGB")), np.asarray(expected[1]))
+    assert params["seed"] == expected.seeds[1] and params["sample"] == 2 and params["prompt"] == "a red rose"

@@ -172,8 +172,43 @@ def test_eq10_blend_at_every_step(sr):
 def test_known_latents_are_the_vae_posterior_mean(sr):
     image = torch.rand(1, 3, 64, 96) * 2 - 1
     known = sr.encode_known(image)
-    expected = sr.vae.encode(image).latent_dist.mean * 0.08333
-    torch.testing.assert_close(known, expected)
+    # the encoder gets the reference's channels_last layout (convolutions round by layout)
+    expected = sr.vae.encode(image.contiguous(memory_format=torch.channels_last)).latent_dist.mean * 0.08333
+    torch.testing.assert_close(known, expected, rtol=0, atol=0)
+    assert known.is_contiguous()
+
+
+def layouts(pipe):
+    """The memory layout of every input to the VAE encoder and the UNet (pre-hooks: the modules are untouched)."""
+    seen = {"vae": [], "unet": []}
+
+    def record(name):
+        def hook(module, args):
+            x = args[0]
+            seen[name].append("channels_last" if not x.is_contiguous() else "contiguous")
+            assert x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+        return hook
+
+    handles = [
+        pipe.vae.encoder.register_forward_pre_hook(record("vae")),
+        pipe.unet.register_forward_pre_hook(record("unet")),
+    ]
+    return seen, handles
+
+
+def test_the_vae_encoder_gets_channels_last_and_the_unet_contiguous_inputs_as_in_the_reference(sr, scene):
+    original, mask, low_res = scene
+    seen, handles = layouts(sr)
+    try:
+        super_resolve(
+            sr, original, mask, low_res, "a ball", SRConfig(num_inference_steps=2), torch.Generator().manual_seed(0)
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen["vae"] and set(seen["vae"]) == {"channels_last"}
+    assert len(seen["unet"]) == 2 and set(seen["unet"]) == {"contiguous"}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from .defaults import EVAL_OPTIONS, EVAL_SIZE
+from .defaults import EVAL_OPTIONS, EVAL_SIZE, SAM_MODEL
 from .errors import HDPainterError
 from .outputs import image_format, output_paths, save_image
 from .request import InpaintRequest, Option, OptionError, options
@@ -24,6 +24,7 @@ GROUPS = {  # titles of the schema's option groups in --help
     "stage 2": "stage 2 (super-resolution and blending; used when the image is larger than the working size)",
 }
 DEMO_DEFAULTS = {"seed": 0}  # the demo's seed draws its scene too
+MODEL_FLAGS = {"sam_refine": SAM_MODEL}  # switches that may name their model: --sam-refine [MODEL]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -43,7 +44,10 @@ def add_option(parser, opt: Option, default=None) -> None:
     """One schema option as a flag: its type, choices and help; `default` overrides the schema's."""
     value = opt.default if default is None else default
     kwargs = dict(dest=opt.key, help=opt.help, default=opt.label(value))
-    if opt.type is bool:
+    if opt.key in MODEL_FLAGS:  # off (None), on with the default model, or on with the one named
+        help = f"{opt.help} (MODEL: a hub id or local folder; default {MODEL_FLAGS[opt.key]})"
+        kwargs.update(nargs="?", const=MODEL_FLAGS[opt.key], default=None, metavar="MODEL", help=help)
+    elif opt.type is bool:
         kwargs.update(action=argparse.BooleanOptionalAction, default=value)
     elif opt.labels is not None:
         kwargs.update(choices=list(opt.labels))
@@ -213,6 +217,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     u.add_argument("--port", type=int, default=7860, help="port")
     u.add_argument("--max-upload-mb", type=int, default=25, help="largest file a browser may upload, in MB")
+    u.add_argument(
+        "--sam-model",
+        default=SAM_MODEL,
+        help="the SAM checkpoint (hub id or local folder) loaded when a request ticks 'SAM refine'",
+    )
     add_request_options(u, ("working_size",))
     _add_device_options(u)
     return parser
@@ -235,7 +244,10 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
 
 def request_options(args: argparse.Namespace) -> dict:
     """The schema's options as the command line set them, by key."""
-    return {opt.key: getattr(args, opt.key) for opt in options() if hasattr(args, opt.key)}
+    values = {opt.key: getattr(args, opt.key) for opt in options() if hasattr(args, opt.key)}
+    for key in MODEL_FLAGS.keys() & values.keys():
+        values[key] = values[key] is not None  # the model it names is a load option (load_painter)
+    return values
 
 
 def make_request(args: argparse.Namespace, prompt: str, row: dict | None = None, **extra) -> InpaintRequest:
@@ -263,6 +275,7 @@ def load_painter(args: argparse.Namespace, upscale: bool, device=None):
         local_files_only=args.local_files_only,
         cpu_offload=args.cpu_offload,
         attention_slicing=args.attention_slicing,
+        sam_model=getattr(args, "sam_refine", None),
     )
 
 
@@ -546,6 +559,7 @@ def ui(args: argparse.Namespace) -> int:
         attention_slicing=args.attention_slicing,
         working_size=args.working_size,
         max_upload_mb=args.max_upload_mb,
+        sam_model=args.sam_model,
     )
     app = InpaintApp(config)
     try:

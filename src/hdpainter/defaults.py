@@ -19,3 +19,4 @@ POISSON_DILATION = 48  # side of the square kernel the mask is dilated with (the
 CROP_ALIGN = 32  # stage 2's crop boxes start and end on multiples of this many high-res pixels (8 latent pixels)
 EVAL_SIZE = 512  # the long side the paper evaluates at (the stage-1 output, no super-resolution)
 EVAL_OPTIONS = {"rasg_eta": 0.25, "negative_prompt": "", "positive_prompt": ""}  # the reference's evaluation protocol
+SAM_MODEL = "facebook/sam-vit-base"  # sr.sam_refine's SAM: the transformers port of SAM ViT-B

@@ -22,7 +22,7 @@ from .core.tokens import prompt_token_indices
 from .defaults import REFERENCE_NEGATIVE_PROMPT, REFERENCE_POSITIVE_PROMPT, VANILLA_SCALE, WORKING_SIZE
 from .errors import HDPainterError
 from .request import GuidanceConfig, option_index
-from .schedule import DDIMSchedule, callback_tensor_inputs
+from .schedule import DDIMSchedule, callback_tensor_inputs, encoder_layout
 
 LOSS_SCALE = (
     1024.0  # RASG's loss is scaled before backward (g is std-normalised, so this changes nothing but fp16 underflow)
@@ -174,7 +174,9 @@ class HDPainterPipeline(DDIMSchedule, StableDiffusionInpaintPipeline):
         pixels = torch.stack([torch.from_numpy(p.image).permute(2, 0, 1) for p in unique]).float() / 127.5 - 1.0
         keep = torch.stack([torch.from_numpy(~p.mask) for p in unique])[:, None]
         masked = (pixels * keep).to(device=device, dtype=self.vae.dtype)
-        latents = self.vae.encode(masked).latent_dist.mean * self.vae.config.scaling_factor
+        latents = (
+            self.vae.encode(encoder_layout(masked)).latent_dist.mean.contiguous() * self.vae.config.scaling_factor
+        )
         index = {id(p): i for i, p in enumerate(unique)}
         return latents[[index[id(p)] for p in prepared]].to(dtype)
 

@@ -21,6 +21,7 @@ from . import region
 from .core.blend import POISSON_DILATION, blend_region, poisson_blend
 from .errors import HDPainterError
 from .request import GuidanceConfig, InpaintRequest, SRConfig
+from .sam import SAM_MODEL, refine_mask
 
 __all__ = ["GuidanceConfig", "HDPainter", "InpaintRequest", "InpaintResult", "Job", "SRConfig", "prepare_job"]
 
@@ -81,12 +82,14 @@ class Job:
         """Whether stage 2 will diffuse (an upscaler must be loaded)."""
         return not self.empty and self.request.needs_upscaler(self.region_size)
 
-    def metadata(self, model: str | None = None, upscaler: str | None = None) -> list[dict]:
+    def metadata(self, model: str | None = None, upscaler: str | None = None, sam: str | None = None) -> list[dict]:
         base = self.request.metadata()
         if model is not None:
             base["model"] = model
         if upscaler is not None and self.needs_upscaler:
             base["upscaler"] = upscaler
+        if sam is not None:
+            base["sam_model"] = sam
         if self.empty:
             base["unchanged"] = True
         else:  # what stage 1 actually worked on
@@ -214,31 +217,37 @@ def finish(
     upscaler=None,
     generator=None,
     callback_on_step_end=None,
+    refined: PIL.Image.Image | None = None,
 ) -> PIL.Image.Image:
     """Stage 2 and the Poisson blend: the stage-1 result `low_res` into `original` at the original's size.
-    `callback_on_step_end` is passed to the upscaler (called after each of its steps when it diffuses)."""
+    `callback_on_step_end` is passed to the upscaler (called after each of its steps when it diffuses).
+    `refined` (`hdpainter.sam.refine_mask`, any size) is Eq. 10's mask when `request.sr.sam_refine` is set."""
     from .upscale import SR_SCALE, super_resolve
 
     request.sr.check()
     request.check_bounded(original.size, ("blend_dilation", "blend_pad"))
     sr = request.sr
-    binary = np.asarray(mask.convert("L")) > 0
+    levels = np.asarray(mask.convert("L"))  # grey levels: a soft mask blends softly, as the reference's does
     dilation = blend_dilation(original.size, sr.blend_dilation)
-    window = blend_window(binary, sr.blend_pad, dilation)
+    window = blend_window(levels, sr.blend_pad, dilation)
     if request.needs_upscaler(original.size):
         if upscaler is None:
             raise HDPainterError(NO_UPSCALER)
         hr_size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
         needed = source_box(window, hr_size, original.size)
+        if sr.sam_refine and sr.method == "specialized" and refined is None:
+            raise HDPainterError("sam_refine needs the SAM-refined mask: HDPainter makes it, or pass refined=")
+        if not (sr.sam_refine and sr.method == "specialized"):
+            refined = None
         patch = super_resolve(
-            upscaler, original, mask, low_res, request.prompt, sr, generator, needed, callback_on_step_end
+            upscaler, original, mask, low_res, request.prompt, sr, generator, needed, callback_on_step_end, refined
         )
         generated = imgs.resize_window(patch.pixels, patch.box[:2], hr_size, original.size, window)
     else:
         generated = imgs.resize_window(np.asarray(low_res.convert("RGB")), (0, 0), low_res.size, original.size, window)
     x0, y0, x1, y1 = window
     base = np.array(original.convert("RGB"))
-    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], generated, binary[y0:y1, x0:x1], sr.blend_pad, dilation)
+    base[y0:y1, x0:x1] = poisson_blend(base[y0:y1, x0:x1], generated, levels[y0:y1, x0:x1], sr.blend_pad, dilation)
     return PIL.Image.fromarray(base)
 
 
@@ -252,12 +261,16 @@ class HDPainter:
         model_name: str = "custom",
         upscaler_name: str | None = None,
         load_options: dict | None = None,
+        sam=None,
+        sam_name: str | None = None,
     ):
         self.pipeline = pipeline
         self.upscaler = upscaler
         self.model_name = model_name
         self.upscaler_name = upscaler_name
         self.load_options = load_options or {}  # how from_pretrained loaded it: with_model loads the same way
+        self.segmenter = sam  # SAM for requests with sr.sam_refine: a Segmenter, or None to load `sam_name` then
+        self.sam_name = sam_name or SAM_MODEL
 
     @classmethod
     def from_pretrained(
@@ -270,10 +283,13 @@ class HDPainter:
         cpu_offload: bool = False,
         attention_slicing: bool = False,
         vae_tiling: bool = False,
+        sam_model: str | None = None,
     ) -> HDPainter:
         """Load `model` and `upscaler` (None: no stage-2 diffusion) onto `device` (default: the best available)
         in `dtype` (default: float16 on CUDA). `cpu_offload` keeps each model on the CPU until it runs (needs
-        a GPU; accelerate's model offload); `attention_slicing` and `vae_tiling` trade speed for memory."""
+        a GPU; accelerate's model offload); `attention_slicing` and `vae_tiling` trade speed for memory.
+        `sam_model` (default facebook/sam-vit-base) is loaded, the same way, by the first request that asks for
+        `sr.sam_refine`."""
         from .models import default_device_and_dtype, load_upscale_pipeline
 
         device, dtype = default_device_and_dtype(device, dtype)
@@ -295,14 +311,20 @@ class HDPainter:
                 ),
                 options,
             )
-        return cls(_load_inpaint(model, options), sr, model, upscaler, options)
+        return cls(_load_inpaint(model, options), sr, model, upscaler, options, sam_name=sam_model)
 
     def with_model(self, model: str) -> HDPainter:
         """Another inpainting model loaded as this one was, sharing this painter's upscaler (self is unchanged)."""
         if model == self.model_name:
             return self
         return HDPainter(
-            _load_inpaint(model, self.load_options), self.upscaler, model, self.upscaler_name, self.load_options
+            _load_inpaint(model, self.load_options),
+            self.upscaler,
+            model,
+            self.upscaler_name,
+            self.load_options,
+            sam=self.segmenter,
+            sam_name=self.sam_name,
         )
 
     def __call__(self, image, mask, request: InpaintRequest, progress: bool = True, on_step=None) -> InpaintResult:
@@ -318,18 +340,25 @@ class HDPainter:
 
     def run(self, job: Job, progress: bool = True, on_step=None) -> InpaintResult:
         """`__call__` on a job from `prepare_job` (front-ends check inputs before loading models)."""
-        import torch
-
-        request, image, mask = job.request, job.image, job.mask
         if job.empty:
             warnings.warn(EMPTY_MASK_NOTE, stacklevel=3)
             return job.unchanged(self.model_name)
+        preview = self.preview(job, progress, on_step)
+        outputs = [self.upscale(preview, k, progress, on_step) for k in range(len(preview.images))]
+        return InpaintResult(outputs, preview.seeds, preview.metadata)
+
+    def preview(self, job: Job, progress: bool = True, on_step=None) -> Preview:
+        """Stage 1 only, for every sample: fast, to choose from; `upscale(preview, k)` then finishes sample k
+        exactly as `run` would have (the same seed, the same stage 2)."""
+        request = job.request
+        if job.empty:
+            raise HDPainterError(EMPTY_MASK_NOTE)
         if job.needs_upscaler and self.upscaler is None:
             raise HDPainterError(NO_UPSCALER)
+        if self.uses_sam(job):
+            self.sam()  # loaded (or its error raised) before the slow part
         self.pipeline.set_progress_bar_config(disable=not progress)
-        if self.upscaler is not None:
-            self.upscaler.set_progress_bar_config(disable=not progress)
-        # stages 1 and 2 on the box (the whole image, or the context crop), then the box back into the image
+        image, mask = job.image, job.mask
         part, part_mask = (image.crop(job.box), mask.crop(job.box)) if job.cropped else (image, mask)
         stage1 = self.pipeline(
             request.prompt,
@@ -338,30 +367,75 @@ class HDPainter:
             **stage1_arguments(request),
             callback_on_step_end=_step_reporter(on_step, 1, None, request.num_inference_steps),
         ).images
-        seeds = request.seeds()
+        sam_name = self.sam_name if self.uses_sam(job) else None
+        return Preview(job, stage1, request.seeds(), job.metadata(self.model_name, self.upscaler_name, sam_name))
+
+    def upscale(self, preview: Preview, index: int, progress: bool = True, on_step=None) -> PIL.Image.Image:
+        """Stage 2 and the blend for sample `index` of `preview` (0-based): the full-size result."""
+        import torch
+
+        job, request = preview.job, preview.job.request
+        if not 0 <= index < len(preview.images):
+            raise HDPainterError(f"there is no sample {index + 1}: this preview has {len(preview.images)}")
+        if job.needs_upscaler and self.upscaler is None:
+            raise HDPainterError(NO_UPSCALER)
+        if self.upscaler is not None:
+            self.upscaler.set_progress_bar_config(disable=not progress)
+        image, mask = job.image, job.mask
+        part, part_mask = (image.crop(job.box), mask.crop(job.box)) if job.cropped else (image, mask)
+        generated = preview.images[index]
+        # SAM sees the stage-1 result at its own size (the working size, the reference's 512 px)
+        refined = refine_mask(part, part_mask, generated, self.sam()) if self.uses_sam(job) else None
         if job.cropped and job.needs_upscaler:  # stage 2 at the whole image's scale (region.stage2_input_size)
-            size = region.stage2_input_size(image.size, job.box, request.working_size)
-            stage1 = [generated.resize(size, PIL.Image.BICUBIC) for generated in stage1]
+            generated = generated.resize(
+                region.stage2_input_size(image.size, job.box, request.working_size), PIL.Image.BICUBIC
+            )
         if not request.upscale:
-            outputs = [composite(part, generated, part_mask) for generated in stage1]
+            out = composite(part, generated, part_mask)
         else:
-            outputs = [
-                finish(
-                    part,
-                    part_mask,
-                    generated,
-                    request,
-                    self.upscaler,
-                    torch.Generator("cpu").manual_seed(seed),
-                    callback_on_step_end=_step_reporter(on_step, 2, k, request.sr.num_inference_steps),
-                )
-                for k, (generated, seed) in enumerate(zip(stage1, seeds))
-            ]
+            out = finish(
+                part,
+                part_mask,
+                generated,
+                request,
+                self.upscaler,
+                torch.Generator("cpu").manual_seed(preview.seeds[index]),
+                callback_on_step_end=_step_reporter(on_step, 2, index, request.sr.num_inference_steps),
+                refined=refined,
+            )
         if job.cropped:
-            outputs = [_paste(image, out, job.box) for out in outputs]
+            out = _paste(image, out, job.box)
         if request.mask_feather > 0:
-            outputs = [imgs.feather_paste(image, out, mask, request.mask_feather) for out in outputs]
-        return InpaintResult(outputs, seeds, job.metadata(self.model_name, self.upscaler_name))
+            out = imgs.feather_paste(image, out, mask, request.mask_feather)
+        return out
+
+    def uses_sam(self, job: Job) -> bool:
+        """Whether SAM refines this job's stage-2 mask: asked for, and stage 2 runs Eq. 10 (the only place it acts)."""
+        return job.request.sr.sam_refine and job.needs_upscaler and job.request.sr.method == "specialized"
+
+    def sam(self):
+        """The SAM segmenter (`hdpainter.sam`), loaded on first use as this painter's models were."""
+        if self.segmenter is None:
+            from .sam import SamSegmenter
+
+            options = self.load_options
+            self.segmenter = SamSegmenter.from_pretrained(
+                self.sam_name,
+                device=options.get("device"),
+                dtype=options.get("dtype"),
+                local_files_only=options.get("local_files_only", False),
+            )
+        return self.segmenter
+
+
+@dataclass
+class Preview:
+    """Stage 1's results for a job (`HDPainter.preview`), kept so that a chosen sample can be finished later."""
+
+    job: Job
+    images: list[PIL.Image.Image]  # per sample: the stage-1 result of the job's box, at the working size
+    seeds: list[int]
+    metadata: list[dict]  # per sample: the finished image's metadata
 
 
 def _paste(image: PIL.Image.Image, part: PIL.Image.Image, box: tuple[int, int, int, int]) -> PIL.Image.Image:

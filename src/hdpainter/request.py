@@ -322,6 +322,13 @@ class SRConfig:
         labels=TILING,
         group="stage 2",
     )
+    sam_refine: bool = option(
+        False,
+        "narrow Eq. 10's mask to SAM's segments of the original and the inpainted object (the reference "
+        "demo's 'use SAM mask for background preservation'); needs a SAM model",
+        key="sam_refine",
+        group="stage 2",
+    )
     blend_dilation: int | None = option(
         None,
         "Poisson blend: mask dilation in output pixels (auto: 48 per 2048 px of the long side, the reference's)",

@@ -315,6 +315,48 @@ def save_detector(directory: str | Path, labels: list[str], seed: int = 0) -> Pa
     return directory
 
 
+def save_sam_model(directory: str | Path, seed: int = 0, image_size: int = 256) -> Path:
+    """A tiny random-weight SAM (transformers' SamModel with SamProcessor), shaped like facebook/sam-vit-base
+    where the pipeline relies on it (ViT image encoder with windowed and global attention, box prompts, three
+    candidate masks), at `image_size` instead of 1024 px."""
+    import torch
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    patch = 16
+    vision = SamVisionConfig(
+        hidden_size=32,
+        output_channels=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=16,
+        mlp_dim=64,
+        initializer_range=0.02,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=patch, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    SamModel(config).save_pretrained(directory)
+    processor = SamProcessor(
+        SamImageProcessor(size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size})
+    )
+    processor.save_pretrained(directory)
+    return directory
+
+
 def save_aesthetic_head(path: str | Path, dim: int = 16, seed: int = 0) -> Path:
     """LAION's aesthetic MLP shape over a `dim`-wide CLIP embedding, random weights, saved as LAION's .pth is."""
     import torch
@@ -330,7 +372,7 @@ def save_aesthetic_head(path: str | Path, dim: int = 16, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hdpainter.testing", description=__doc__.splitlines()[0])
-    parser.add_argument("directory", help="where to write the model folders (DIR/inpaint, DIR/upscaler)")
+    parser.add_argument("directory", help="where to write the model folders (DIR/inpaint, DIR/upscaler, DIR/sam)")
     parser.add_argument("--family", choices=("sd1", "sd2"), default="sd2", help="tokenizer/UNet flavour")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -338,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny inpainting model written to {path}")
     path = save_upscaler_model(Path(args.directory) / "upscaler", args.seed)
     print(f"tiny x4 upscaler written to {path}")
+    path = save_sam_model(Path(args.directory) / "sam", args.seed)
+    print(f"tiny SAM written to {path}")
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 
 from . import images as imgs
-from .defaults import WORKING_SIZE
+from .defaults import SAM_MODEL, WORKING_SIZE
 from .errors import HDPainterError
 from .outputs import save_image
 from .request import InpaintRequest, Option, OptionError, options
@@ -81,6 +81,7 @@ class UIConfig:
     attention_slicing: bool = False
     working_size: int = WORKING_SIZE  # the form's default working size
     max_upload_mb: int = MAX_UPLOAD_MB
+    sam_model: str = SAM_MODEL  # loaded by the first request with "SAM refine" ticked
 
 
 @dataclass
@@ -102,6 +103,23 @@ class UIResult:
     notes: list[str]  # said to the user (e.g. the mask was empty, so the result is the input)
 
 
+@dataclass
+class UIPreview:
+    """A preview kept in the browser session's state until one of its samples is upscaled."""
+
+    preview: object  # hdpainter.painter.Preview
+    model: str
+    run_id: str
+
+    @property
+    def images(self) -> list[PIL.Image.Image]:
+        return self.preview.images
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.preview.seeds
+
+
 class PainterCache:
     """One HDPainter, loaded on first use and reused across requests. Choosing another model frees the
     inpainting model, then loads the new one and keeps the upscaler. Its lock serialises loading and painting."""
@@ -114,6 +132,10 @@ class PainterCache:
     def check(self, model: str) -> None:
         if model not in self.config.models:  # never a name (or a path) the server was not started with
             raise HDPainterError(f"unknown model {model!r}: this server offers {', '.join(self.config.models)}")
+
+    def current(self):
+        """The painter loaded now, whichever its model (None before the first request)."""
+        return self.painter
 
     def get(self, model: str):
         from .painter import HDPainter
@@ -129,6 +151,7 @@ class PainterCache:
                 local_files_only=c.local_files_only,
                 cpu_offload=c.cpu_offload,
                 attention_slicing=c.attention_slicing,
+                sam_model=c.sam_model,
             )
         elif self.painter.model_name != model:
             previous, self.painter = self.painter, None
@@ -219,16 +242,21 @@ class InpaintApp:
             raise HDPainterError(f"{exc.option.key} {exc.detail}") from None
         return request
 
-    def run(self, form: UIRequest, on_step=None) -> UIResult:
-        """Inpaint; returns the input and the result files (PNG, parameters in the metadata)."""
+    def job(self, form: UIRequest):
+        """The form as a painter job (`hdpainter.painter.prepare_job`): every input check, before any model work."""
         from .painter import prepare_job
 
         image, mask = self.inputs(form)
         try:
-            job = prepare_job(image, mask, self.request(form))  # every input check, before any model work
+            job = prepare_job(image, mask, self.request(form))
         except OptionError as exc:  # bounded by the image's size: named as the form's API names it
             raise HDPainterError(f"{exc.option.key} {exc.detail}") from None
         self.cache.check(form.model)
+        return job
+
+    def run(self, form: UIRequest, on_step=None) -> UIResult:
+        """Inpaint; returns the input and the result files (PNG, parameters in the metadata)."""
+        job = self.job(form)
         if job.empty:  # nothing to paint: no model work at all
             result = job.unchanged(form.model)
         else:
@@ -236,12 +264,39 @@ class InpaintApp:
                 result = self.cache.get(form.model).run(job, progress=False, on_step=on_step)
         self._remove_old_outputs()
         run_id = uuid.uuid4().hex[:12]  # our own names: nothing from the request names a file
-        paths = []
-        for k, (output, metadata) in enumerate(zip(result.images, result.metadata)):
-            path = self.output_dir / f"hdpainter-{run_id}-{k + 1}.png"
-            save_image(output, path, metadata)
-            paths.append(path)
-        return UIResult(image, paths, result.seeds, result.notes)
+        paths = [
+            self._save(output, metadata, f"{run_id}-{k + 1}")
+            for k, (output, metadata) in enumerate(zip(result.images, result.metadata))
+        ]
+        return UIResult(job.image, paths, result.seeds, result.notes)
+
+    def preview(self, form: UIRequest, on_step=None) -> UIPreview:
+        """Stage 1 only, for every sample: the results to choose from, and what `upscale` needs to finish one."""
+        job = self.job(form)
+        if job.empty:
+            raise HDPainterError("the mask is empty: paint the region to fill first")
+        with self.cache.lock:
+            painter = self.cache.get(form.model)
+            preview = painter.preview(job, progress=False, on_step=on_step)
+        return UIPreview(preview, form.model, uuid.uuid4().hex[:12])
+
+    def upscale(self, kept: UIPreview | None, index: int | None, on_step=None) -> Path:
+        """Stage 2 and the blend for sample `index` (0-based) of a kept preview, from its stage-1 result (nothing
+        recomputed): a full-size PNG with the parameters in its metadata, as `run` writes for that sample."""
+        if kept is None:
+            raise HDPainterError("make a preview first (Preview: stage 1 only), then pick one of its results")
+        if index is None or not 0 <= index < len(kept.preview.images):
+            raise HDPainterError(f"pick one of the {len(kept.preview.images)} preview results first")
+        with self.cache.lock:
+            painter = self.cache.current() or self.cache.get(kept.model)  # stage 2 needs only the upscaler
+            image = painter.upscale(kept.preview, index, progress=False, on_step=on_step)
+        self._remove_old_outputs()
+        return self._save(image, kept.preview.metadata[index], f"{kept.run_id}-{index + 1}")
+
+    def _save(self, image: PIL.Image.Image, metadata: dict, name: str) -> Path:
+        path = self.output_dir / f"hdpainter-{name}.png"  # our own names: nothing from the request names a file
+        save_image(image, path, metadata)
+        return path
 
     def _remove_old_outputs(self) -> None:
         limit = time.time() - OUTPUT_MAX_AGE_S
@@ -280,7 +335,9 @@ class InpaintApp:
                         brush=gr.Brush(default_size=24, colors=[BRUSH_COLOR], color_mode="fixed"),
                     )
                     prompt = gr.Textbox(label="Prompt", placeholder="a boat", elem_id="prompt")
-                    run = gr.Button("Inpaint", variant="primary", elem_id="run")
+                    with gr.Row():
+                        run = gr.Button("Inpaint", variant="primary", elem_id="run")
+                        preview = gr.Button("Preview (stage 1 only)", elem_id="preview")
                 with gr.Column(scale=2):
                     model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
                     by_key = {opt.key: opt for opt in form_options()}
@@ -302,6 +359,7 @@ class InpaintApp:
                                     type="pil",
                                     image_mode=None,
                                     sources=("upload",),
+                                    elem_id="mask-upload",
                                 )
             gallery = gr.Gallery(
                 label="Input and results",
@@ -311,23 +369,26 @@ class InpaintApp:
                 elem_id="results",
                 interactive=False,
             )
+            with gr.Row():
+                upscale = gr.Button("Upscale this one", elem_id="upscale", interactive=False)
+                picked = gr.Markdown("Preview, then pick a result to upscale it (stage 2 and the blend).")
             files = gr.File(
                 label="Full-resolution PNGs (parameters in the metadata)",
                 file_count="multiple",
                 interactive=False,
                 elem_id="downloads",
             )
+            kept = gr.State(None)  # the last preview of this browser session (UIPreview)
+            chosen = gr.State(None)  # the preview sample picked in the gallery (0-based)
             keys = [opt.key for opt in form_options()]
+
+            def form_of(editor_value, mask_upload_value, prompt_value, model_value, values):
+                options = {key: from_widget(by_key[key], v) for key, v in zip(keys, values)}
+                return UIRequest(editor_value, mask_upload_value, prompt_value, model_value, options)
 
             def submit(editor_value, mask_upload_value, prompt_value, model_value, *values):
                 progress = values[-1]
-                form = UIRequest(
-                    editor_value,
-                    mask_upload_value,
-                    prompt_value,
-                    model_value,
-                    {key: from_widget(by_key[key], v) for key, v in zip(keys, values[:-1])},
-                )
+                form = form_of(editor_value, mask_upload_value, prompt_value, model_value, values[:-1])
                 progress(0, desc="loading the model")
                 try:
                     result = self.run(form, on_step=progress_reporter(progress, form))
@@ -338,7 +399,41 @@ class InpaintApp:
                 items = [(result.image, "input")] + [
                     (str(p), f"seed {seed}") for p, seed in zip(result.paths, result.seeds)
                 ]
-                return items, [str(p) for p in result.paths]
+                return items, [str(p) for p in result.paths], None, None, gr.update(interactive=False)
+
+            def submit_preview(editor_value, mask_upload_value, prompt_value, model_value, *values):
+                progress = values[-1]
+                form = form_of(editor_value, mask_upload_value, prompt_value, model_value, values[:-1])
+                progress(0, desc="loading the model")
+                try:
+                    result = self.preview(form, on_step=progress_reporter(progress, form, stages=(1,)))
+                except HDPainterError as exc:
+                    raise gr.Error(str(exc)) from None
+                items = [(result.preview.job.image, "input")] + [
+                    (image, f"preview {k + 1}, seed {seed}")
+                    for k, (image, seed) in enumerate(zip(result.images, result.seeds))
+                ]
+                return items, None, result, None, gr.update(interactive=False)
+
+            def pick(current, event: gr.SelectData):
+                sample = event.index - 1  # the gallery's first item is the input
+                if current is None or not 0 <= sample < len(current.images):
+                    return None, gr.update(interactive=False), "Pick one of the preview results (not the input)."
+                return (
+                    sample,
+                    gr.update(interactive=True),
+                    f"Upscale preview {sample + 1} (seed {current.seeds[sample]}).",
+                )
+
+            pick.__annotations__ = {"event": gr.SelectData}  # real types (this module's are strings): Gradio fills it
+
+            def submit_upscale(current, sample, progress=gr.Progress()):
+                progress(0, desc="stage 2")
+                try:
+                    path = self.upscale(current, sample, on_step=progress_reporter(progress, None, stages=(2,)))
+                except HDPainterError as exc:
+                    raise gr.Error(str(exc)) from None
+                return [str(path)]
 
             # the API's parameters are named after the form's fields (editor, …, then every option by its key)
             names = ["editor", "mask_upload", "prompt", "model"] + keys
@@ -346,14 +441,13 @@ class InpaintApp:
             parameters.append(
                 inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
             )
-            submit.__signature__ = inspect.Signature(parameters)
-            run.click(
-                submit,
-                [editor, mask_upload, prompt, model] + [widgets[k] for k in keys],
-                [gallery, files],
-                api_name="inpaint",
-                concurrency_limit=1,
-            )
+            submit.__signature__ = submit_preview.__signature__ = inspect.Signature(parameters)
+            form_inputs = [editor, mask_upload, prompt, model] + [widgets[k] for k in keys]
+            outputs = [gallery, files, kept, chosen, upscale]
+            run.click(submit, form_inputs, outputs, api_name="inpaint", concurrency_limit=1)
+            preview.click(submit_preview, form_inputs, outputs, api_name="preview", concurrency_limit=1)
+            gallery.select(pick, [kept], [chosen, upscale, picked], api_name=False, queue=False)
+            upscale.click(submit_upscale, [kept, chosen], [files], api_name="upscale", concurrency_limit=1)
         demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
         return demo
 
@@ -393,12 +487,15 @@ def from_widget(opt: Option, value):
     return value
 
 
-def progress_reporter(progress, form: UIRequest):
-    """on_step for HDPainter that moves a Gradio progress bar over both stages' steps."""
-    samples = int(form.options.get("num_samples", 1))
+def progress_reporter(progress, form: UIRequest | None, stages: tuple[int, ...] = (1, 2)):
+    """on_step for HDPainter that moves a Gradio progress bar over the steps of `stages`: both (a run), (1,)
+    (a preview) or (2,) (upscaling one sample)."""
+    samples = 1 if form is None else int(form.options.get("num_samples", 1))
 
     def on_step(stage, sample, step, total):
-        if stage == 1:
+        if stages != (1, 2):  # one stage: the whole bar is its steps
+            progress(step / total, desc=f"stage {stage}: step {step}/{total}")
+        elif stage == 1:
             progress(step / total * 0.5, desc=f"stage 1: step {step}/{total}")
         else:
             done = (sample + step / total) / samples

@@ -27,7 +27,7 @@ from .core.sampling import Prediction, sample, split_prediction, with_known_regi
 from .defaults import CROP_ALIGN
 from .errors import HDPainterError
 from .request import SR_METHODS, SR_REGIONS, SRConfig
-from .schedule import DDIMSchedule, callback_tensor_inputs
+from .schedule import DDIMSchedule, callback_tensor_inputs, encoder_layout
 
 __all__ = [
     "CROP_ALIGN",
@@ -86,9 +86,17 @@ class Canvas:
 
 
 def make_canvas(
-    original: PIL.Image.Image, mask: PIL.Image.Image, low_res: PIL.Image.Image, config: SRConfig
+    original: PIL.Image.Image,
+    mask: PIL.Image.Image,
+    low_res: PIL.Image.Image,
+    config: SRConfig,
+    refined: PIL.Image.Image | None = None,
 ) -> Canvas:
-    """Resize the original and mask to 4× `low_res`'s size (bicubic), pad everything, dilate and soften the mask."""
+    """Resize the original and mask to 4× `low_res`'s size (bicubic), pad everything, dilate and soften the mask.
+
+    `refined` (at `low_res`'s size, from `hdpainter.sam.refine_mask`) replaces the mask in Eq. 10's soft mask
+    only, resized bicubic to the ×4 size as the reference does; `painted`, which places the crop, stays the mask's.
+    """
     size = (SR_SCALE * low_res.size[0], SR_SCALE * low_res.size[1])
     padded = imgs.padded_size(size, config.canvas_multiple)
     image = (
@@ -96,20 +104,24 @@ def make_canvas(
         if original.size != size
         else np.asarray(original.convert("RGB"))
     )
-    hr_mask = imgs.resize_mask(np.asarray(mask.convert("L")) > 0, size) > 0
-    painted = (
-        imgs.dilate_cross(_pad_to(hr_mask, padded), config.mask_dilation)
-        if config.mask_dilation
-        else _pad_to(hr_mask, padded)
-    )
+    painted = _dilated(imgs.resize_mask(np.asarray(mask.convert("L")) > 0, size) > 0, padded, config)
+    blended = painted
+    if refined is not None:
+        blended = _dilated(np.asarray(refined.convert("L").resize(size, PIL.Image.BICUBIC)) > 0, padded, config)
     latent = (padded[0] // SR_SCALE, padded[1] // SR_SCALE)
     return Canvas(
         size=size,
         image=_pad_to(image, padded),
         low_res=_pad_to(np.asarray(low_res.convert("RGB")), latent),
         painted=painted,
-        blend_mask=soft_mask(painted, latent, config.mask_blur),
+        blend_mask=soft_mask(blended, latent, config.mask_blur),
     )
+
+
+def _dilated(hr_mask: np.ndarray, padded: tuple[int, int], config: SRConfig) -> np.ndarray:
+    """The high-res mask reflect-padded to `padded`, then dilated (the reference's order)."""
+    hr_mask = _pad_to(hr_mask, padded)
+    return imgs.dilate_cross(hr_mask, config.mask_dilation) if config.mask_dilation else hr_mask
 
 
 def crop_box(needed: tuple[int, int, int, int], context: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -137,8 +149,8 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
     def encode_known(self, high_res: torch.Tensor) -> torch.Tensor:
         """E(I_hr): the VAE posterior mean, scaled (the reference's; not a sample)."""
         vae_dtype = self.vae.dtype
-        moments = self.vae.encode(high_res.to(self._execution_device, vae_dtype)).latent_dist
-        return moments.mean * self.vae.config.scaling_factor
+        moments = self.vae.encode(encoder_layout(high_res.to(self._execution_device, vae_dtype))).latent_dist
+        return moments.mean.contiguous() * self.vae.config.scaling_factor
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
@@ -206,7 +218,7 @@ class HDUpscalePipeline(DDIMSchedule, StableDiffusionUpscalePipeline):
         embeds = torch.cat([uncond_embeds, cond_embeds]) if do_cfg else cond_embeds
 
         # 2. Low-res condition, noised at `noise_level` by the low-res scheduler (drawn first, as diffusers)
-        low_res = low_res.to(device=device, dtype=dtype)
+        low_res = low_res.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)  # as the reference
         if low_res_noise is None:
             low_res_noise = randn_tensor(low_res.shape, generator=generator, device=device, dtype=dtype)
         level = torch.tensor([noise_level], dtype=torch.long, device=device)
@@ -282,16 +294,18 @@ def super_resolve(
     generator: torch.Generator | None = None,
     needed: tuple[int, int, int, int] | None = None,
     callback_on_step_end: Callable | None = None,
+    refined: PIL.Image.Image | None = None,
 ) -> Patch:
     """Stage 2 on a photo: `low_res` (the stage-1 result) ×4 with `original`'s own detail outside `mask`.
 
     Noise is drawn for the whole canvas and cut, so "crop" sees the same x_T and low-res noise as
     "whole" at every pixel. `needed` (high-res box) is a region the crop must also cover (the blend's).
+    `refined` (at `low_res`'s size; `hdpainter.sam.refine_mask`) narrows Eq. 10's mask (see `make_canvas`).
     """
     config.check()
     if config.method == "bicubic":
         raise HDPainterError("sr.method 'bicubic' needs no upscaler: resize the stage-1 result instead")
-    canvas = make_canvas(original, mask, low_res, config)
+    canvas = make_canvas(original, mask, low_res, config, refined)
     cw, ch = canvas.padded_size
     device, dtype = pipe._execution_device, pipe.unet.dtype
 

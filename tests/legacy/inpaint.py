@@ -184,7 +184,9 @@ class HDPainterPipeline(StableDiffusionInpaintPipeline):
         pixels = torch.stack([torch.from_numpy(p.image).permute(2, 0, 1) for p in unique]).float() / 127.5 - 1.0
         keep = torch.stack([torch.from_numpy(~p.mask) for p in unique])[:, None]
         masked = (pixels * keep).to(device=device, dtype=self.vae.dtype)
-        latents = self.vae.encode(masked).latent_dist.mean * self.vae.config.scaling_factor
+        # the one change since the freeze (issue 18): the encoder's input in the reference's channels_last layout
+        masked = masked.contiguous(memory_format=torch.channels_last)
+        latents = self.vae.encode(masked).latent_dist.mean.contiguous() * self.vae.config.scaling_factor
         index = {id(p): i for i, p in enumerate(unique)}
         return latents[[index[id(p)] for p in prepared]].to(dtype)
 

@@ -25,13 +25,17 @@ def poisson_blend(
     pad: int = POISSON_PAD,
     dilation: int = POISSON_DILATION,
 ) -> np.ndarray:
-    """Blend `generated` into `original` (both (H, W, 3) uint8) where `mask` (H, W; bool, 0/1 or 0/255) is set.
+    """Blend `generated` into `original` (both (H, W, 3) uint8) where `mask` (H, W) is set.
 
     The reference's recipe: both images reflect-padded by `pad`, the original's padded border replaced
-    by the generated image's, the mask dilated by a `dilation`×`dilation` square, NORMAL_CLONE centred
-    on the dilated mask's bounding box. OpenCV solves on that bounding box, so pixels outside it (the
-    blend region) keep the original's values exactly; inside it but outside the dilated mask they may
-    move by a few levels, as in the reference.
+    by the generated image's, the mask zero-padded and dilated by a `dilation`×`dilation` square (a
+    maximum filter: a soft mask stays soft), NORMAL_CLONE centred on the dilated mask's bounding box.
+    The mask's grey levels reach seamlessClone as they are, as in the reference (whose mask is the bicubic
+    resize of the user's to 2048 px, soft at its edge): OpenCV clones where the mask is non-zero and mixes
+    the two images' gradients in proportion to mask / 255. See `clone_mask` for the encodings taken.
+    OpenCV solves on the non-zero mask's bounding box, so pixels outside it (the blend region) keep the
+    original's values exactly; inside it but outside the dilated mask they may move by a few levels, as in
+    the reference.
 
     The padding is raised to `dilation // 2 + 2` when smaller (never with the reference's 32 and 48): a
     dilated mask reaching the padded image's edge would lose its outer ring inside seamlessClone, which
@@ -39,9 +43,12 @@ def poisson_blend(
     """
     import cv2
 
-    if original.shape != generated.shape or original.shape[:2] != mask.shape:
-        raise ValueError(f"shapes differ: original {original.shape}, generated {generated.shape}, mask {mask.shape}")
-    if not np.any(mask):
+    if original.shape != generated.shape or original.shape[:2] != np.shape(mask):
+        raise ValueError(
+            f"shapes differ: original {original.shape}, generated {generated.shape}, mask {np.shape(mask)}"
+        )
+    levels = clone_mask(mask)
+    if not levels.any():
         return original.copy()
     pad = max(pad, min_pad(dilation))
     widths = ((pad, pad), (pad, pad), (0, 0))
@@ -50,11 +57,27 @@ def poisson_blend(
     border = np.ones(base.shape[:2], bool)
     border[pad:-pad, pad:-pad] = False
     base[border] = fake[border]
-    region = _dilated_region(mask, pad, dilation)
+    region = cv2.dilate(np.pad(levels, pad), np.ones((dilation, dilation), np.uint8))
     x, y, w, h = cv2.boundingRect(region)
     # seamlessClone may write into its mask argument (seen with OpenCV 5.0): hand it a copy
     out = cv2.seamlessClone(fake, base, region.copy(), (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
     return out[pad:-pad, pad:-pad]
+
+
+def clone_mask(mask: np.ndarray) -> np.ndarray:
+    """`mask` as the uint8 grey levels seamlessClone takes (255 = the generated image's gradients only).
+
+    bool masks and integer masks with values in {0, 1} are binary (0/255); float masks are in [0, 1]
+    (×255, rounded); other integer masks are grey levels 0..255 as given, soft ones included.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == np.bool_:
+        return mask.astype(np.uint8) * 255
+    if np.issubdtype(mask.dtype, np.floating):
+        return np.rint(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if mask.size and mask.max() <= 1:
+        return (mask > 0).astype(np.uint8) * 255
+    return np.clip(mask, 0, 255).astype(np.uint8)
 
 
 def min_pad(dilation: int) -> int:
@@ -83,11 +106,3 @@ def blend_region(
         min(int(cols[-1]) + 1 + after, width),
         min(int(rows[-1]) + 1 + after, height),
     )
-
-
-def _dilated_region(mask: np.ndarray, pad: int, dilation: int) -> np.ndarray:
-    """The mask (any encoding; non-zero = set), zero-padded by `pad`, dilated by a square: 0/255 uint8."""
-    import cv2
-
-    binary = np.where(np.pad(np.asarray(mask), pad) > 0, 255, 0).astype(np.uint8)
-    return cv2.dilate(binary, np.ones((dilation, dilation), np.uint8))

@@ -96,6 +96,25 @@ def test_crop_box_is_aligned_and_inside():
     assert (x0, y1) == (0, 768) and x1 % CROP_ALIGN == 0 and y0 % CROP_ALIGN == 0 and x1 >= 160 and y0 <= 600
 
 
+def test_a_crop_box_stops_at_the_image_not_at_the_end_of_its_padding(sr):
+    """A 580×434 high-res image is padded to 768×512; a crop reaching its right and bottom edges ends at 608×448
+    (its size aligned up to 32 px), not in the padding beyond, and its pixels are all the image's."""
+    original = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (434, 580, 3), dtype=np.uint8))
+    mask = np.zeros((434, 580), np.uint8)
+    mask[300:400, 450:560] = 255
+    low_res = original.resize((145, 108), PIL.Image.BICUBIC)  # ×4: 580×432
+    canvas = make_canvas(original, PIL.Image.fromarray(mask), low_res, SRConfig())
+    assert canvas.size == (580, 432) and canvas.padded_size == (768, 512) and canvas.crop_limit == (608, 448)
+    calls, handle = unet_spy(sr)
+    try:
+        patch = super_resolve(sr, original, PIL.Image.fromarray(mask), low_res, "a", SRConfig(num_inference_steps=1))
+    finally:
+        handle.remove()
+    x0, y0, x1, y1 = patch.box
+    assert (x1, y1) == (580, 432) and x0 % CROP_ALIGN == 0 and y0 % CROP_ALIGN == 0
+    assert calls[0]["x"].shape[-2:] == ((448 - y0) // 4, (608 - x0) // 4)  # the UNet saw no more than that
+
+
 def test_plain_sr_equals_diffusers_upscale_pipeline(upscaler_dir, sr):
     """Without Eq. 10 the sampler is diffusers' StableDiffusionUpscalePipeline with DDIM trailing, η = 0."""
     from diffusers import DDIMScheduler, StableDiffusionUpscalePipeline

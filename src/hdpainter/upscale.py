@@ -84,6 +84,13 @@ class Canvas:
     def padded_size(self) -> tuple[int, int]:
         return self.painted.shape[1], self.painted.shape[0]
 
+    @property
+    def crop_limit(self) -> tuple[int, int]:
+        """Where a "crop" box may end: the image's own size aligned up to CROP_ALIGN, never further into the
+        reflect padding (what lies there is thrown away; diffusing it would only cost)."""
+        align = lambda v, limit: min(limit, -(-v // CROP_ALIGN) * CROP_ALIGN)  # noqa: E731
+        return align(self.size[0], self.padded_size[0]), align(self.size[1], self.padded_size[1])
+
 
 def make_canvas(
     original: PIL.Image.Image,
@@ -333,7 +340,7 @@ def super_resolve(
                 max(box_mask[2], needed[2]),
                 max(box_mask[3], needed[3]),
             )
-        box = crop_box(box_mask, config.context, (cw, ch))
+        box = crop_box(box_mask, config.context, canvas.crop_limit)
     x0, y0, x1, y1 = box
     lx0, ly0, lx1, ly1 = (v // SR_SCALE for v in box)
 

@@ -314,7 +314,10 @@ def super_resolve(
                 max(box_mask[2], needed[2]),
                 max(box_mask[3], needed[3]),
             )
-        box = crop_box(box_mask, config.context, (cw, ch))
+        # the one change since the freeze here (issue 14): the box ends at the image aligned up, not in the padding
+        width, height = canvas.size
+        limit = (min(cw, -(-width // CROP_ALIGN) * CROP_ALIGN), min(ch, -(-height // CROP_ALIGN) * CROP_ALIGN))
+        box = crop_box(box_mask, config.context, limit)
     x0, y0, x1, y1 = box
     lx0, ly0, lx1, ly1 = (v // SR_SCALE for v in box)
 

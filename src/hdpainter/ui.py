@@ -447,7 +447,9 @@ class InpaintApp:
             run.click(submit, form_inputs, outputs, api_name="inpaint", concurrency_limit=1)
             preview.click(submit_preview, form_inputs, outputs, api_name="preview", concurrency_limit=1)
             gallery.select(pick, [kept], [chosen, upscale, picked], api_name=False, queue=False)
-            upscale.click(submit_upscale, [kept, chosen], [files], api_name="upscale", concurrency_limit=1)
+            upscale.click(
+                submit_upscale, [kept, chosen], [files], api_name=False, concurrency_limit=1
+            )  # needs the session's pick
         demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
         return demo
 

@@ -7,6 +7,7 @@ saved to test-artifacts/ui.png (or $HDPAINTER_ARTIFACTS/ui.png).
 Without a chromium the test is skipped, unless HDPAINTER_REQUIRE_BROWSER=1 (CI sets it) makes it fail.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -91,6 +92,21 @@ def server(tiny_model_dir, tiny_upscaler_dir):
     process.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def browser_page(url, photo_path, height):
+    """A headless chromium page on the app at `url`, with `photo_path` uploaded into the editor."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            open_page(page, url)
+            upload_photo(page, photo_path)
+            yield page
+        finally:
+            browser.close()
+
+
 def open_page(page, url):
     """Load the app until its editor is there (not "networkidle": a session's state keeps a heartbeat stream open)."""
     page.goto(url, wait_until="load")
@@ -120,36 +136,28 @@ def test_paint_a_stroke_and_get_a_result(server, tmp_path):
 
     photo = PIL.Image.fromarray(data.coffee()).resize((300, 200), PIL.Image.BICUBIC)  # > working size: stage 2 runs
     photo.save(tmp_path / "coffee.png")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+    with browser_page(server, tmp_path / "coffee.png", height=1000) as page:
+        page.wait_for_timeout(500)
+        zoom = float(page.locator("#editor .zoom-number").inner_text().rstrip("%")) / 100
+        box = page.locator("#editor canvas").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the photo is centred on the canvas
+        page.mouse.move(cx - STROKE, cy)
+        page.mouse.down()
+        for k in range(1, 11):
+            page.mouse.move(cx - STROKE + 2 * STROKE * k / 10, cy, steps=2)
+        page.mouse.up()
+        page.locator("#prompt textarea").fill("a red rose")
+        page.get_by_label("Steps").first.fill("3")
+        page.locator("#run").click()
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            open_page(page, server)
-            upload_photo(page, tmp_path / "coffee.png")
-            page.wait_for_timeout(500)
-            zoom = float(page.locator("#editor .zoom-number").inner_text().rstrip("%")) / 100
-            box = page.locator("#editor canvas").first.bounding_box()
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the photo is centred on the canvas
-            page.mouse.move(cx - STROKE, cy)
-            page.mouse.down()
-            for k in range(1, 11):
-                page.mouse.move(cx - STROKE + 2 * STROKE * k / 10, cy, steps=2)
-            page.mouse.up()
-            page.locator("#prompt textarea").fill("a red rose")
-            page.get_by_label("Steps").first.fill("3")
-            page.locator("#run").click()
-            try:
-                page.wait_for_selector("#downloads a", timeout=240_000)
-            finally:
-                page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
-            page.wait_for_function("document.querySelectorAll('#results img').length >= 2")
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
-            shown = [page.locator("#results img").nth(i).get_attribute("src") for i in range(2)]
-            link = page.locator("#downloads a").first.get_attribute("href")
+            page.wait_for_selector("#downloads a", timeout=240_000)
         finally:
-            browser.close()
+            page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
+        page.wait_for_function("document.querySelectorAll('#results img').length >= 2")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
+        shown = [page.locator("#results img").nth(i).get_attribute("src") for i in range(2)]
+        link = page.locator("#downloads a").first.get_attribute("href")
 
     assert "hdpainter-" in shown[1] and shown[1].endswith(".png")
     response = httpx.get(link if link.startswith("http") else server + "/" + link.lstrip("/"), timeout=60)
@@ -199,33 +207,25 @@ def test_preview_two_samples_then_upscale_the_second(served_app, tmp_path):
     mask[50:110, 90:150] = 255
     photo.save(tmp_path / "coffee.png")
     PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+    with browser_page(url, tmp_path / "coffee.png", height=1100) as page:
+        page.get_by_text("Mask", exact=True).first.click()  # the accordion with the mask upload
+        page.locator("#mask-upload input[type=file]").first.set_input_files(str(tmp_path / "mask.png"))
+        page.locator("#mask-upload img").first.wait_for(timeout=15_000)
+        page.locator("#prompt textarea").fill("a red rose")
+        page.get_by_label("Steps").first.fill("2")
+        page.get_by_label("Samples").first.fill("2")
+        page.locator("#preview").click()
+        page.wait_for_function("document.querySelectorAll('#results img').length >= 3", timeout=120_000)
+        assert page.locator("#downloads a").count() == 0  # stage 1 only: no full-size file yet
+        page.locator("#results img").nth(2).click()  # the second preview (the first item is the input)
+        upscale = page.locator("#upscale")
+        page.wait_for_function("!document.querySelector('#upscale').disabled", timeout=15_000)
+        upscale.click()
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            open_page(page, url)
-            upload_photo(page, tmp_path / "coffee.png")
-            page.get_by_text("Mask", exact=True).first.click()  # the accordion with the mask upload
-            page.locator("#mask-upload input[type=file]").first.set_input_files(str(tmp_path / "mask.png"))
-            page.locator("#mask-upload img").first.wait_for(timeout=15_000)
-            page.locator("#prompt textarea").fill("a red rose")
-            page.get_by_label("Steps").first.fill("2")
-            page.get_by_label("Samples").first.fill("2")
-            page.locator("#preview").click()
-            page.wait_for_function("document.querySelectorAll('#results img').length >= 3", timeout=120_000)
-            assert page.locator("#downloads a").count() == 0  # stage 1 only: no full-size file yet
-            page.locator("#results img").nth(2).click()  # the second preview (the first item is the input)
-            upscale = page.locator("#upscale")
-            page.wait_for_function("!document.querySelector('#upscale').disabled", timeout=15_000)
-            upscale.click()
-            try:
-                page.wait_for_selector("#downloads a", timeout=240_000)
-            finally:
-                page.screenshot(path=str(ARTIFACTS / "ui-preview-upscale.png"), full_page=True)
-            link = page.locator("#downloads a").first.get_attribute("href")
+            page.wait_for_selector("#downloads a", timeout=240_000)
         finally:
-            browser.close()
+            page.screenshot(path=str(ARTIFACTS / "ui-preview-upscale.png"), full_page=True)
+        link = page.locator("#downloads a").first.get_attribute("href")
 
     response = httpx.get(link if link.startswith("http") else url + "/" + link.lstrip("/"), timeout=60)
     assert response.status_code == 200

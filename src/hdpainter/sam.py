@@ -56,14 +56,12 @@ def refine_mask(
 
     `original` and `mask` are resized (bicubic) to the stage-1 result's size; the box is the resized mask's
     (`prompt_box`); the result is the resized mask's grey levels where either dilated union is set, 0 elsewhere
-    ('L'). An empty result means SAM found nothing the mask and either object share: the caller keeps the mask.
+    ('L'). An empty result (SAM found nothing the mask and either object share) makes Eq. 10 keep the
+    original everywhere, as in the reference.
     """
     size = stage1.size
-    small_mask = (
-        np.asarray(mask.convert("L").resize(size, PIL.Image.BICUBIC))
-        if mask.size != size
-        else np.asarray(mask.convert("L"))
-    )
+    small_mask = mask.convert("L")
+    small_mask = np.asarray(small_mask if small_mask.size == size else small_mask.resize(size, PIL.Image.BICUBIC))
     if not small_mask.any():
         return PIL.Image.fromarray(small_mask, "L")
     small_image = original.convert("RGB")

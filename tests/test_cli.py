@@ -349,6 +349,9 @@ def test_models_lists_short_names_and_what_the_local_cache_holds(tmp_path):
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     assert "stabilityai/stable-diffusion-2-inpainting" in lines["sd2"] and lines["sd2"].rstrip().endswith("yes")
     assert lines["sd15"].rstrip().endswith("no") and lines["x4"].rstrip().endswith("no")
+    assert "diffusers/stable-diffusion-xl-1.0-inpainting-0.1" in lines["sdxl"] and lines["sdxl"].rstrip().endswith(
+        "no"
+    )
     assert "upscaler" in lines["x4"] and str(tmp_path / "hf-home" / "hub") in proc.stdout
     assert "(shipped with hdpainter)" in lines["toy"] and lines["toy"].rstrip().endswith("yes (in the package)")
 

@@ -86,8 +86,8 @@ def test_the_ui_form_offers_exactly_the_schemas_options_and_choices():
             assert shown["type"]["items"]["enum"] == list(opt.choices) and shown["parameter_default"] == list(default)
         elif opt.sequence:  # free numbers: typed as text, "0,0,0,0"
             assert shown["parameter_default"] == opt.label(default)
-        elif opt.optional:
-            assert shown["parameter_default"] == 0  # 0 on its slider: automatic (None)
+        elif opt.optional:  # 0 on its slider: automatic (None), unless the server set its own
+            assert shown["parameter_default"] == (default or 0), opt.key
         else:
             assert shown["parameter_default"] == default, opt.key
         if opt.ui_max is not None:

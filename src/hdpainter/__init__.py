@@ -2,12 +2,14 @@
 
 Importing the package is cheap; the heavy classes load on first use:
     from hdpainter import HDPainter, InpaintRequest, InpaintResult, HDPainterPipeline, HDUpscalePipeline
+    from hdpainter import HDPainterXLPipeline  # SDXL inpainting models
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "HDPainterPipeline": "hdpainter.inpaint",
+    "HDPainterXLPipeline": "hdpainter.inpaint",
     "HDUpscalePipeline": "hdpainter.upscale",
     "HDPainter": "hdpainter.painter",
     "InpaintResult": "hdpainter.painter",

@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from .defaults import EVAL_OPTIONS, EVAL_SIZE, SAM_MODEL
+from .defaults import EVAL_OPTIONS, EVAL_SIZE, SAM_MODEL, WORKING_SIZE
 from .errors import HDPainterError
 from .outputs import image_format, output_paths, save_image
 from .request import InpaintRequest, Option, OptionError, options
@@ -74,7 +74,8 @@ def _add_load_options(p: argparse.ArgumentParser, upscaler: bool = True) -> None
     p.add_argument(
         "--model",
         default="sd2",
-        help="sd2 (the paper's), sd15, ds8, toy, a hub id or a local diffusers folder / .safetensors file",
+        help="sd2 (the paper's), sd15, ds8, sdxl (SDXL inpainting, 1024 px), toy, an SD 1.x/2.x or SDXL inpainting "
+        "hub id, a local diffusers folder or a .safetensors/.ckpt file",
     )
     if upscaler:
         p.add_argument(
@@ -259,6 +260,14 @@ def make_request(args: argparse.Namespace, prompt: str, row: dict | None = None,
     return request
 
 
+def model_working_size(args: argparse.Namespace) -> int:
+    """--model's own working size (512 for SD 1.x/2.x, 1024 for SDXL) from its config files, before loading it; the
+    SD models' 512 when they cannot be read now (loading then fails with the reason)."""
+    from .models import native_working_size
+
+    return native_working_size(args.model, args.local_files_only) or WORKING_SIZE
+
+
 def load_painter(args: argparse.Namespace, upscale: bool, device=None):
     """The models, once: the upscaler only when stage 2 will diffuse (and first, so a missing one fails fast)."""
     from .models import UPSCALER_MODELS, default_device_and_dtype, resolve
@@ -305,7 +314,8 @@ def inpaint(args: argparse.Namespace) -> int:
     if args.mask is None and not (any(request.outpaint) or request.outpaint_to):
         raise HDPainterError("--mask is needed (unless --outpaint or --outpaint-to grows the canvas to paint)")
     mask = load_mask(args) if args.mask is not None else None
-    job = prepare_job(images.load_image(args.image), mask, request)  # every input check before loading
+    # every input check before loading, at the model's own working size unless one is given
+    job = prepare_job(images.load_image(args.image), mask, request, model_working_size(args))
     painter = None if job.empty else load_painter(args, job.needs_upscaler)
     result = painter.run(job) if painter else job.unchanged(args.model)
     for note in result.notes:
@@ -359,6 +369,8 @@ def batch(args: argparse.Namespace) -> int:
         return requests[item.name].num_samples
 
     pending = [i for i in items[rank::world] if not i.error and not finished(i, out_dir, samples(i))]
+    native = model_working_size(args) if pending else WORKING_SIZE
+    requests = {name: request.for_model(native) for name, request in requests.items()}
     upscale = any(requests[i.name].needs_upscaler(size) for i in pending if (size := _image_size(i.image)))
     painter = load_painter(args, upscale, device) if pending else None  # model errors end the batch here, once
 

@@ -13,14 +13,20 @@ INPAINT_MODELS = {
     "sd2": "stabilityai/stable-diffusion-2-inpainting",  # the paper's backbone
     "sd15": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     "ds8": "Lykon/dreamshaper-8-inpainting",  # the reference code's default
+    "sdxl": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",  # SDXL inpainting, 1024 px (no reference support)
     "toy": TOY_MODEL,  # the toy world's model, 256 px (python -m hdpainter.toy.train)
 }
 DEFAULT_INPAINT_MODEL = "sd2"
+# (family, native working size) of the hub models with short names, as their configs say (UNet sample size × 8)
+SHORT_NAME_FACTS = {"sd2": ("sd", 512), "sd15": ("sd", 512), "ds8": ("sd", 512), "sdxl": ("sdxl", 1024)}
 UPSCALER_MODELS = {
     "x4": "stabilityai/stable-diffusion-x4-upscaler",  # the paper's stage-2 model
 }
 DEFAULT_UPSCALER = "x4"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+FAMILIES = ("sd", "sdxl")  # Stable Diffusion 1.x/2.x, and SDXL (two text encoders, pooled and size embeddings)
+FAMILY_SIZES = {"sd": 512, "sdxl": 1024}  # native working sizes, where no UNet config says (single files)
+SDXL_CHECKPOINT_KEY = "conditioner.embedders.1."  # SDXL's second text encoder in an original-format checkpoint
 
 
 def resolve(name: str, known: dict[str, str] = INPAINT_MODELS) -> str:
@@ -94,23 +100,98 @@ def default_device_and_dtype(device=None, dtype=None):
     return device, dtype
 
 
-def load_inpaint_pipeline(name: str = DEFAULT_INPAINT_MODEL, device=None, dtype=None, local_files_only: bool = False):
-    """Load an HDPainterPipeline from a short name, hub id, local folder or single checkpoint file."""
-    from .inpaint import HDPainterPipeline
+def checkpoint_family(path: str) -> str:
+    """ "sdxl" or "sd" for an original-format single checkpoint file, from its tensor names alone."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
 
-    pipe = _load(
-        HDPainterPipeline,
-        name,
-        resolve(name),
-        dtype,
-        local_files_only,
-        safety_checker=None,
-        requires_safety_checker=False,
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    else:
+        import torch
+
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        keys = list(state.get("state_dict", state))
+    return "sdxl" if any(k.startswith(SDXL_CHECKPOINT_KEY) for k in keys) else "sd"
+
+
+def model_index_family(index: dict) -> str:
+    """ "sdxl" or "sd" from a diffusers model_index.json: SDXL pipelines have a second text encoder."""
+    entry = index.get("text_encoder_2")
+    return "sdxl" if isinstance(entry, (list, tuple)) and entry and entry[0] is not None else "sd"
+
+
+def inpaint_model_facts(name: str, local_files_only: bool = False) -> tuple[str, int]:
+    """(family, native working size) of an inpainting model, read from its small config files (model_index.json,
+    the UNet's and the VAE's config; for a single file, its tensor names) without loading any weights. Errors are
+    the loader's one-line HDPainterErrors."""
+    from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+
+    source = resolve(name)
+    if name in SHORT_NAME_FACTS:
+        return SHORT_NAME_FACTS[name]
+    if source.endswith(SINGLE_FILE_SUFFIXES):
+        try:
+            family = checkpoint_family(source)
+        except Exception as exc:
+            raise HDPainterError(load_error(name, source, exc)) from exc
+        return family, FAMILY_SIZES[family]
+    family = model_index_family(
+        load_pretrained(DiffusionPipeline, source, local_files_only, name=name, loader="load_config")
     )
+    unet = load_pretrained(
+        UNet2DConditionModel, source, local_files_only, name=name, loader="load_config", subfolder="unet"
+    )
+    vae = load_pretrained(AutoencoderKL, source, local_files_only, name=name, loader="load_config", subfolder="vae")
+    factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+    sample = unet.get("sample_size")
+    if sample is None:
+        return family, FAMILY_SIZES[family]
+    return family, (sample if isinstance(sample, int) else max(sample)) * factor
+
+
+def native_working_size(name: str, local_files_only: bool = False) -> int | None:
+    """The model's own working size (512 for SD 1.x/2.x, 1024 for SDXL), or None when its configs cannot be read
+    now (then loading it fails with the same error, in its place)."""
+    try:
+        return inpaint_model_facts(name, local_files_only)[1]
+    except HDPainterError:
+        return None
+
+
+def load_inpaint_pipeline(name: str = DEFAULT_INPAINT_MODEL, device=None, dtype=None, local_files_only: bool = False):
+    """Load an HDPainterPipeline (SD 1.x/2.x) or HDPainterXLPipeline (SDXL; chosen from the model's files) from a
+    short name, hub id, local folder or single checkpoint file.
+
+    In float16 an SDXL VAE that asks to be upcast (`force_upcast`, as SDXL's own, which overflows in float16) stays
+    in float32, as diffusers' SDXL pipelines upcast it."""
+    import torch
+
+    from .inpaint import HDPainterPipeline, HDPainterXLPipeline
+
+    family, _ = inpaint_model_facts(name, local_files_only)
+    if family == "sdxl":
+        pipe = _load(HDPainterXLPipeline, name, resolve(name), dtype, local_files_only, add_watermarker=False)
+    else:
+        pipe = _load(
+            HDPainterPipeline,
+            name,
+            resolve(name),
+            dtype,
+            local_files_only,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     if pipe.unet.config.in_channels != 9:
         raise HDPainterError(
             f"{name} is not an inpainting model: its UNet takes {pipe.unet.config.in_channels} channels, not 9"
         )
+    try:
+        pipe.check_components()
+    except HDPainterError as exc:
+        raise HDPainterError(f"{name}: {exc}") from None
+    if family == "sdxl" and dtype == torch.float16 and pipe.vae.config.get("force_upcast", True):
+        pipe.vae.to(torch.float32)
     return _ready(pipe, device)
 
 
@@ -172,8 +253,9 @@ def _ready(pipe, device):
     """Weights frozen (nothing here trains), on `device` unless None (cpu offload places them itself)."""
     import torch
 
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
     if device is not None:
         pipe.to(torch.device(device))
     return pipe

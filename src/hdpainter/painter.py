@@ -19,6 +19,7 @@ import PIL.Image
 from . import images as imgs
 from . import region
 from .core.blend import POISSON_DILATION, blend_region, poisson_blend
+from .defaults import WORKING_SIZE
 from .errors import HDPainterError
 from .request import GuidanceConfig, InpaintRequest, SRConfig
 from .sam import SAM_MODEL, refine_mask
@@ -110,10 +111,12 @@ class Job:
         )
 
 
-def prepare_job(image, mask, request: InpaintRequest) -> Job:
+def prepare_job(image, mask, request: InpaintRequest, native_size: int = WORKING_SIZE) -> Job:
     """Every check of a request on an image before any model work: options, sizes, the mask (after its
     inversion and growth), outpainting's canvas, the box stage 1 inpaints; raises HDPainterError naming what
-    is wrong. An empty mask is not an error. `mask` may be None when outpainting (nothing else to paint)."""
+    is wrong. An empty mask is not an error. `mask` may be None when outpainting (nothing else to paint).
+    An automatic working size becomes `native_size`, the model's own (`models.native_working_size`)."""
+    request = request.for_model(native_size)
     image = imgs.to_rgb(imgs.as_pil(image, "image"))
     mask = PIL.Image.new("L", image.size, 0) if mask is None else imgs.to_mask(imgs.as_pil(mask, "mask"))
     imgs.check_size(image.size, "image")
@@ -336,7 +339,11 @@ class HDPainter:
         is called after every denoising step: stage 1 runs all samples at once (sample None), stage 2 one
         sample (0-based) at a time, and only where it diffuses.
         """
-        return self.run(prepare_job(image, mask, request), progress, on_step)
+        return self.run(self.prepare(image, mask, request), progress, on_step)
+
+    def prepare(self, image, mask, request: InpaintRequest) -> Job:
+        """`prepare_job` for this painter's model: an automatic working size becomes the model's own."""
+        return prepare_job(image, mask, request, self.pipeline.native_working_size)
 
     def run(self, job: Job, progress: bool = True, on_step=None) -> InpaintResult:
         """`__call__` on a job from `prepare_job` (front-ends check inputs before loading models)."""

@@ -385,9 +385,10 @@ class InpaintRequest:
     )
     seed: int = option(1, f"seed; sample k (from 0) uses seed + {SEED_STRIDE}·k, as the reference")
     num_samples: int = option(1, "samples (one batched stage-1 run)", range=(1, None), ui_max=4)
-    working_size: int = option(
-        WORKING_SIZE,
-        "long side of stage 1's resolution (stage 2 lifts it ×4)",
+    working_size: int | None = option(
+        None,
+        "long side of stage 1's resolution (stage 2 lifts it ×4); auto: the model's own (512 for SD 1.x/2.x, the "
+        "reference's; 1024 for SDXL)",
         range=WORKING_RANGE,
         multiple_of=8,
         ui_max=1024,
@@ -502,11 +503,19 @@ class InpaintRequest:
             value = getattr(value, part)
         return value
 
+    def for_model(self, native_size: int | None) -> InpaintRequest:
+        """This request with an automatic working size (None) set to the model's own, `native_size` (the request
+        as it is when either is None)."""
+        if self.working_size is not None or native_size is None:
+            return self
+        return dataclasses.replace(self, working_size=native_size)
+
     def stage1_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """(w, h) of stage 1's result for an image of `image_size`: long side `working_size`, short side truncated."""
+        """(w, h) of stage 1's result for an image of `image_size`: long side `working_size`, short side truncated;
+        an automatic working size counts as the SD models' 512 (`for_model` sets the model's own)."""
         from .images import working_size
 
-        return working_size(image_size, self.working_size)
+        return working_size(image_size, self.working_size or WORKING_SIZE)
 
     def needs_upscaler(self, image_size: tuple[int, int]) -> bool:
         """Whether stage 2 diffuses for an image of this size: on, not bicubic, and larger than stage 1's result."""

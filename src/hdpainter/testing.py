@@ -2,7 +2,8 @@
 
 They keep Stable Diffusion's geometry (VAE ×8; cross-attention transformer blocks at H/16 and H/32 and
 in the H/64 middle block; 9-channel inpainting UNet; CLIP text encoder with a real BPE tokenizer)
-with a few hundred thousand weights, so a 512 px run takes seconds on a CPU.
+with a few hundred thousand weights, so a 512 px run takes seconds on a CPU. The SDXL one keeps SDXL's
+(two text encoders, pooled text and micro-conditioning embeddings, attention only at H/16 and H/32).
 """
 
 from __future__ import annotations
@@ -165,6 +166,99 @@ def save_inpaint_model(directory: str | Path, family: str = "sd2", seed: int = 0
 
     directory = Path(directory)
     pipe = StableDiffusionInpaintPipeline(**make_inpaint_components(family, seed), requires_safety_checker=False)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def make_xl_inpaint_components(seed: int = 0) -> dict:
+    """Components of a tiny 9-channel SDXL inpainting pipeline shaped like
+    diffusers/stable-diffusion-xl-1.0-inpainting-0.1 where hdpainter relies on it: two CLIP text encoders (the
+    first pads with EOT, the second with "!", as SDXL's), their penultimate layers concatenated (width 64) and the
+    second's pooled projection, a "text_time" addition embedding over six size ids, transformer blocks only at
+    H/16 (2 layers each) and H/32 (3 layers each, and the middle block there), a ×8 VAE with SDXL's scaling
+    factor that asks to be upcast in float16, and the checkpoint's Euler scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = make_tokenizer("sd1"), make_tokenizer("sd2")
+    torch.manual_seed(seed)
+    time_dim, projection = 8, 32
+    unet = UNet2DConditionModel(
+        sample_size=128,  # 1024 px: SDXL's native size
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 3),
+        attention_head_dim=(2, 4, 8),  # diffusers reads these as head counts, as SDXL's config (5, 10, 20) is read
+        use_linear_projection=True,
+        cross_attention_dim=64,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + projection,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=128,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    text_encoder = tiny_text_encoder(tokenizer, "quick_gelu")
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer_2),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer_2.bos_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            pad_token_id=tokenizer_2.pad_token_id,
+            hidden_act="gelu",
+            projection_dim=projection,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval()
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+
+
+def save_xl_inpaint_model(directory: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SDXL inpainting model as a diffusers folder loadable by `from_pretrained`."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    directory = Path(directory)
+    pipe = StableDiffusionXLInpaintPipeline(**make_xl_inpaint_components(seed), add_watermarker=False)
     pipe.save_pretrained(directory, safe_serialization=True)
     return directory
 
@@ -372,12 +466,16 @@ def save_aesthetic_head(path: str | Path, dim: int = 16, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hdpainter.testing", description=__doc__.splitlines()[0])
-    parser.add_argument("directory", help="where to write the model folders (DIR/inpaint, DIR/upscaler, DIR/sam)")
+    parser.add_argument(
+        "directory", help="where to write the model folders (DIR/inpaint, DIR/inpaint-xl, DIR/upscaler, DIR/sam)"
+    )
     parser.add_argument("--family", choices=("sd1", "sd2"), default="sd2", help="tokenizer/UNet flavour")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = save_inpaint_model(Path(args.directory) / "inpaint", args.family, args.seed)
     print(f"tiny inpainting model written to {path}")
+    path = save_xl_inpaint_model(Path(args.directory) / "inpaint-xl", args.seed)
+    print(f"tiny SDXL inpainting model written to {path}")
     path = save_upscaler_model(Path(args.directory) / "upscaler", args.seed)
     print(f"tiny x4 upscaler written to {path}")
     path = save_sam_model(Path(args.directory) / "sam", args.seed)

@@ -79,7 +79,7 @@ class UIConfig:
     local_files_only: bool = False
     cpu_offload: bool = False
     attention_slicing: bool = False
-    working_size: int = WORKING_SIZE  # the form's default working size
+    working_size: int | None = None  # the form's default working size (None: each model's own)
     max_upload_mb: int = MAX_UPLOAD_MB
     sam_model: str = SAM_MODEL  # loaded by the first request with "SAM refine" ticked
 
@@ -136,6 +136,14 @@ class PainterCache:
     def current(self):
         """The painter loaded now, whichever its model (None before the first request)."""
         return self.painter
+
+    def native_size(self, model: str) -> int:
+        """`model`'s own working size: the loaded pipeline's, or read from its config files before loading it."""
+        from .models import native_working_size
+
+        if self.painter is not None and self.painter.model_name == model:
+            return self.painter.pipeline.native_working_size
+        return native_working_size(model, self.config.local_files_only) or WORKING_SIZE
 
     def get(self, model: str):
         from .painter import HDPainter
@@ -247,11 +255,12 @@ class InpaintApp:
         from .painter import prepare_job
 
         image, mask = self.inputs(form)
+        request = self.request(form)
+        self.cache.check(form.model)
         try:
-            job = prepare_job(image, mask, self.request(form))
+            job = prepare_job(image, mask, request, self.cache.native_size(form.model))
         except OptionError as exc:  # bounded by the image's size: named as the form's API names it
             raise HDPainterError(f"{exc.option.key} {exc.detail}") from None
-        self.cache.check(form.model)
         return job
 
     def run(self, form: UIRequest, on_step=None) -> UIResult:
@@ -472,7 +481,7 @@ def widget(gr, opt: Option, value, interactive: bool = True):
         return gr.Textbox(value, **common)
     if opt.optional:  # None means automatic: 0 on a slider from 0 (below the option's range)
         common["label"] += " (0: auto)"
-        return gr.Slider(0, opt.ui_max, value=value or 0, step=1, **common)
+        return gr.Slider(0, max(opt.ui_max, value or 0), value=value or 0, step=opt.multiple_of or 1, **common)
     if opt.ui_max is not None:  # Gradio refuses values beyond a slider's ends: they are the form's limits
         low = opt.range[0] if opt.range else -opt.ui_max
         step = opt.multiple_of or (2 if opt.odd else 1) if opt.type is int else opt.ui_max / 40

@@ -318,25 +318,25 @@ def test_rasg_with_zero_eta_is_plain_ddim(pipe, photo):
     assert (run(pipe, photo, method="rasg", rasg_eta=1.0, rasg_sigma="paper") - base).abs().max() > 1e-2
 
 
-def test_all_methods_deterministic_for_a_seed(pipe, photo):
-    for method in ("baseline", "painta", "rasg", "painta+rasg"):
-        a = run(pipe, photo, seed=5, method=method, num_inference_steps=3)
-        b = run(pipe, photo, seed=5, method=method, num_inference_steps=3)
+def test_all_methods_deterministic_for_a_seed(family_pipe, photo):
+    for method in ("baseline", "painta", "rasg", "painta+rasg", "vanilla-guidance"):
+        a = run(family_pipe, photo, seed=5, method=method, num_inference_steps=3)
+        b = run(family_pipe, photo, seed=5, method=method, num_inference_steps=3)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert torch.isfinite(a).all()
 
 
-def test_batch_equals_single_runs(pipe, photo):
+def test_batch_equals_single_runs(family_pipe, photo):
     image, mask = photo
     prompts = ["a red boat", "a yellow cat on a chair"]
     seeds = [[1, 2], [3, 4]]
     gens = [torch.Generator().manual_seed(s) for row in seeds for s in row]
     kwargs = dict(method="painta+rasg", num_inference_steps=4, working_size=SIZE, output_type="latent", rasg_eta=1.0)
-    batched = pipe(prompts, image, mask, num_images_per_prompt=2, generator=gens, **kwargs).images
+    batched = family_pipe(prompts, image, mask, num_images_per_prompt=2, generator=gens, **kwargs).images
     assert batched.shape[0] == 4
     for row, prompt in enumerate(prompts):
         for col in range(2):
-            single = pipe(
+            single = family_pipe(
                 prompt, image, mask, generator=torch.Generator().manual_seed(seeds[row][col]), **kwargs
             ).images
             torch.testing.assert_close(batched[2 * row + col], single[0], rtol=1e-3, atol=5e-4)
@@ -344,13 +344,13 @@ def test_batch_equals_single_runs(pipe, photo):
     assert (batched[0] - batched[2]).abs().max() > 1e-2  # different prompts
 
 
-def test_output_types_agree(pipe):
+def test_output_types_agree(family_pipe):
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
     mask = np.zeros((200, 300), np.uint8)
     mask[50:120, 90:200] = 255
     outs = {}
     for kind in ("pil", "np", "pt", "latent"):
-        outs[kind] = pipe(
+        outs[kind] = family_pipe(
             "a cat",
             image,
             PIL.Image.fromarray(mask),
@@ -368,6 +368,10 @@ def test_output_types_agree(pipe):
     np.testing.assert_allclose(outs["pt"].permute(0, 2, 3, 1).numpy(), outs["np"], atol=1e-6)
     pil = np.asarray(outs["pil"][0]).astype(np.float32)
     assert np.abs(pil - np.floor(outs["np"][0] * 255)).max() <= 1  # uint8 by truncation, as the reference
+    vae = family_pipe.vae
+    with torch.no_grad():  # x̂0 decoded, cropped from the padding
+        decoded = vae.decode(outs["latent"] / vae.config.scaling_factor).sample[:, :, :h, :w]
+    np.testing.assert_allclose(outs["pt"].numpy(), ((decoded + 1) / 2).clamp(0, 1).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])

@@ -26,6 +26,15 @@ def test_cli_writes_loadable_inpaint_and_upscaler_folders(tmp_path):
         inpaint.tokenizer.convert_tokens_to_ids(w + "</w>") for w in ("a", "red", "boat")
     ]
 
+    from hdpainter.inpaint import HDPainterXLPipeline
+
+    xl = HDPainterXLPipeline.from_pretrained(tmp_path / "inpaint-xl")
+    xl.check_components()  # 9 channels, two text encoders whose widths the UNet takes, pooled + size embeddings
+    assert xl.tokenizer.pad_token == "<|endoftext|>" and xl.tokenizer_2.pad_token == "!"  # as SDXL's two
+    attention = {n.split(".attentions")[0] for n, m in xl.unet.named_modules() if hasattr(m, "attn2")}
+    assert attention == {"down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1"}  # H/16, H/32
+    assert xl.native_working_size == 1024 and xl.vae.config.force_upcast
+
     upscaler = StableDiffusionUpscalePipeline.from_pretrained(tmp_path / "upscaler")
     upscaler.set_progress_bar_config(disable=True)
     assert (

@@ -18,20 +18,9 @@ PROMPT = "a red boat"
 WORDS = [1, 2, 3]  # "a red boat": three whole tokens after SOT in both tiny tokenizers
 
 
-@pytest.fixture(scope="module")
-def tiny_xl_dir(tmp_path_factory):
-    from hdpainter.testing import save_xl_inpaint_model
-
-    return save_xl_inpaint_model(tmp_path_factory.mktemp("models") / "inpaint-xl")
-
-
-@pytest.fixture(scope="module")
-def xl(tiny_xl_dir):
-    from hdpainter.models import load_inpaint_pipeline
-
-    pipe = load_inpaint_pipeline(str(tiny_xl_dir), device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+@pytest.fixture()
+def xl(xl_pipe):
+    return xl_pipe
 
 
 def run(pipe, photo, seed=0, prompt=PROMPT, **kwargs):
@@ -230,29 +219,6 @@ def test_painta_acts_on_both_grids_and_only_while_t_above_500(xl, photo):
     torch.testing.assert_close(never, base, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["baseline", "painta", "rasg", "painta+rasg", "vanilla-guidance"])
-def test_every_method_is_deterministic_and_finite(xl, photo, method):
-    a = run(xl, photo, seed=5, method=method, num_inference_steps=3)
-    b = run(xl, photo, seed=5, method=method, num_inference_steps=3)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert torch.isfinite(a).all()
-
-
-def test_batch_equals_single_runs(xl, photo):
-    image, mask = photo
-    prompts = ["a red boat", "a yellow cat on a chair"]
-    seeds = [[1, 2], [3, 4]]
-    gens = [torch.Generator().manual_seed(s) for row in seeds for s in row]
-    kwargs = dict(method="painta+rasg", num_inference_steps=3, working_size=SIZE, output_type="latent", rasg_eta=1.0)
-    batched = xl(prompts, image, mask, num_images_per_prompt=2, generator=gens, **kwargs).images
-    assert batched.shape[0] == 4
-    for row, prompt in enumerate(prompts):
-        for col in range(2):
-            single = xl(prompt, image, mask, generator=torch.Generator().manual_seed(seeds[row][col]), **kwargs).images
-            torch.testing.assert_close(batched[2 * row + col], single[0], rtol=1e-3, atol=5e-4)
-    assert (batched[0] - batched[2]).abs().max() > 1e-2  # different prompts
-
-
 def test_mixed_negative_prompts_zero_only_the_empty_ones(xl, photo):
     """A batch where one prompt has a negative prompt and one has none: each row as its single run gives it."""
     image, mask = photo
@@ -264,31 +230,6 @@ def test_mixed_negative_prompts_zero_only_the_empty_ones(xl, photo):
             prompt, image, mask, negative_prompt=negative, generator=torch.Generator().manual_seed(row + 1), **kwargs
         )
         torch.testing.assert_close(batched.images[row], single.images[0], rtol=1e-3, atol=5e-4)
-
-
-def test_output_types_agree(xl):
-    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
-    mask = np.zeros((200, 300), np.uint8)
-    mask[50:120, 90:200] = 255
-    outs = {
-        kind: xl(
-            "a cat",
-            image,
-            PIL.Image.fromarray(mask),
-            num_inference_steps=2,
-            generator=torch.Generator().manual_seed(0),
-            output_type=kind,
-            working_size=SIZE,
-        ).images
-        for kind in ("pil", "np", "pt", "latent")
-    }
-    w, h = imgs.working_size((300, 200), SIZE)  # 256 x 170, padded to 256 x 192
-    assert outs["pil"][0].size == (w, h)
-    assert outs["np"].shape == (1, h, w, 3) and outs["latent"].shape == (1, 4, 192 // 8, 256 // 8)
-    np.testing.assert_allclose(outs["pt"].permute(0, 2, 3, 1).numpy(), outs["np"], atol=1e-6)
-    assert np.abs(np.asarray(outs["pil"][0]).astype(np.float32) - np.floor(outs["np"][0] * 255)).max() <= 1
-    decoded = xl.vae.decode(outs["latent"] / xl.vae.config.scaling_factor).sample[:, :, :h, :w]
-    np.testing.assert_allclose(outs["pt"].numpy(), ((decoded + 1) / 2).clamp(0, 1).numpy(), atol=1e-5)
 
 
 def test_the_diffusers_sdxl_cfg_cutoff_callback_ends_the_unconditional_pass(xl, photo):

@@ -543,8 +543,8 @@ class HDPainterXLPipeline(GuidedInpainting, StableDiffusionXLInpaintPipeline):
         _inpainting_unet(self.unet)
         if self.text_encoder_2 is None or self.unet.config.get("addition_embed_type") != "text_time":
             raise HDPainterError(
-                "not an SDXL model (it needs a second text encoder and a UNet with pooled-text and size embeddings): "
-                "load SD 1.x/2.x models with HDPainterPipeline"
+                "not an SDXL model: SDXL needs a second text encoder and a UNet with pooled-text and size embeddings "
+                "(mixed components, or an SD 1.x/2.x model: load those with HDPainterPipeline)"
             )
         _text_width(self.unet, [self.text_encoder, self.text_encoder_2])
         ids = 5 if self.config.requires_aesthetics_score else 6

@@ -105,10 +105,27 @@ def tiny_text_encoder(tokenizer, activation: str):
     )
 
 
+def tiny_vae(**config):
+    """A ×8 autoencoder with 4 latent channels, as Stable Diffusion's (and SDXL's), a few thousand weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        **config,
+    )
+
+
 def make_inpaint_components(family: str = "sd2", seed: int = 0) -> dict:
     """Components of a tiny 9-channel SD inpainting pipeline, random weights from `seed`."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     tokenizer = make_tokenizer(family)
     torch.manual_seed(seed)
@@ -125,17 +142,7 @@ def make_inpaint_components(family: str = "sd2", seed: int = 0) -> dict:
         use_linear_projection=family == "sd2",
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    )
+    vae = tiny_vae(sample_size=64)
     text_encoder = tiny_text_encoder(tokenizer, "gelu" if family == "sd2" else "quick_gelu")
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -178,7 +185,7 @@ def make_xl_inpaint_components(seed: int = 0) -> dict:
     H/16 (2 layers each) and H/32 (3 layers each, and the middle block there), a ×8 VAE with SDXL's scaling
     factor that asks to be upcast in float16, and the checkpoint's Euler scheduler."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     tokenizer, tokenizer_2 = make_tokenizer("sd1"), make_tokenizer("sd2")
@@ -201,19 +208,7 @@ def make_xl_inpaint_components(seed: int = 0) -> dict:
         projection_class_embeddings_input_dim=6 * time_dim + projection,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=128,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(sample_size=128, scaling_factor=0.13025, force_upcast=True)  # SDXL's scale; upcast in fp16
     text_encoder = tiny_text_encoder(tokenizer, "quick_gelu")
     text_encoder_2 = CLIPTextModelWithProjection(
         CLIPTextConfig(

@@ -196,17 +196,18 @@ def main() -> int:
     for size in args.sizes:
         timing = None if args.skip_time else run_child("time", args.family, size, args.rounds, *args.timesteps)
         for t in args.timesteps:
-            memory = {m: run_child("memory", args.family, m, size, t) for m in METHODS}
-            base, ours = memory["baseline"], memory["painta+rasg"]
+            if args.skip_memory:
+                memory_cells = ["—"] * 3
+            else:
+                memory = {m: run_child("memory", args.family, m, size, t) for m in METHODS}
+                peaks = [memory[m]["peak_bytes"] for m in METHODS]
+                memory_cells = [f"{b / gib:.2f} GiB" for b in peaks] + [f"{peaks[1] / peaks[0]:.2f}×"]
             cells = (
                 ["—"] * 3
                 if timing is None
                 else [f"{timing[f'{m}@{t}']:.2f} s" for m in METHODS] + [f"{timing[f'ratio@{t}']:.2f}×"]
             )
-            lines.append(
-                f"| {size} px | {t} | {' | '.join(cells)} "
-                f"| {base['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / gib:.2f} GiB | {ours['peak_bytes'] / base['peak_bytes']:.2f}× |"
-            )
+            lines.append(f"| {size} px | {t} | {' | '.join(cells + memory_cells)} |")
             print(lines[-1], file=sys.stderr)
     print("\n".join(lines))
     return 0

@@ -4,7 +4,8 @@
 
 Held-out cases (seeds apart from training's) built to provoke prompt neglect: the prompt asks for a
 colour and shape that differ from every shape in the scene, and the mask lies on empty background,
-next to a shape (touching its box), or over a shape (covering it). Each case runs with baseline,
+next to a shape (touching its box), or over a shape (covering it); or ("masked object") the mask covers
+one of 2–3 shapes and the prompt names only that shape (the model was trained on captions of whole scenes). Each case runs with baseline,
 painta, rasg, painta+rasg and the vanilla post-hoc guidance ablation (Eq. 6) at each guidance scale,
 with the same seed; RASG with the paper's evaluation η = 0.25. The scorer reads the colour and shape
 in the mask; the table gives accuracy (colour, shape, both) with Wilson 95 % intervals, the paired

@@ -75,13 +75,78 @@ def test_prompts_and_demo_scenes():
 
 
 def test_neglect_cases_are_fixed_and_ask_for_what_is_not_there():
-    cases = world.neglect_cases(9)
-    assert [c.placement for c in cases[:3]] == list(world.PLACEMENTS)
+    cases = world.neglect_cases(12)
+    assert [c.placement for c in cases[:4]] == list(world.PLACEMENTS)
     for case in cases:
         assert case.prompt == f"a {case.color} {case.shape}" and np.asarray(case.mask).any()
         found = world.classify(case.image, case.mask)
-        assert found[0] != case.color  # the prompted colour is not already there
-    assert [c.prompt for c in world.neglect_cases(9)] == [c.prompt for c in cases]  # fixed held-out set
+        if case.placement == "masked object":  # the prompt names the shape under the mask, and others stay outside
+            assert found == (case.color, case.shape)
+            rgb = np.asarray(case.image, dtype=int)
+            saturated = rgb.max(-1) - rgb.min(-1) > world.SATURATION
+            assert (saturated & (np.asarray(case.mask) == 0)).sum() > world.MIN_SHAPE_PIXELS
+        else:
+            assert found[0] != case.color  # the prompted colour is not already there
+    assert [c.prompt for c in world.neglect_cases(12)] == [c.prompt for c in cases]  # fixed held-out set
+
+
+def shape_pixels(shape: world.Shape) -> np.ndarray:
+    """(256, 256) bool: the pixels `shape` covers when drawn alone."""
+    from PIL import ImageDraw
+
+    canvas = PIL.Image.new("L", (world.SIZE, world.SIZE), 0)
+    world.draw_shape(ImageDraw.Draw(canvas), shape, 255)
+    return np.asarray(canvas) > 0
+
+
+def test_captions_name_every_shape_of_the_scene_in_random_order():
+    import re
+
+    rng = np.random.default_rng(11)
+    orders = set()
+    for _ in range(40):
+        scene = world.random_scene(rng, count=world.TRAIN_SHAPES)
+        text = world.caption(scene.shapes, rng)
+        named = re.findall(r"a (\w+) (\w+)", text)
+        assert sorted(named) == sorted((s.color, s.shape) for s in scene.shapes), text
+        n = len(scene.shapes)
+        assert 2 <= n <= 4 and text.count(" and ") == 1 and text.count(", ") == n - 2, text
+        assert text == ", ".join(f"a {c} {s}" for c, s in named[:-1]) + " and " + "a {} {}".format(*named[-1])
+        orders.add(tuple(named) == tuple((s.color, s.shape) for s in scene.shapes))
+    assert orders == {True, False}  # shuffled: sometimes in drawing order, sometimes not
+    assert world.caption([world.Shape("square", "red", 50, 50, 30)]) == "a red square"
+
+
+def test_training_masks_have_their_kinds_geometry():
+    rng = np.random.default_rng(5)
+    fallbacks = 0
+    for _ in range(25):
+        scene = world.random_scene(rng, count=world.TRAIN_SHAPES)
+        pixels = [shape_pixels(s) for s in scene.shapes]
+        for kind in world.MASK_KINDS:
+            mask = np.asarray(world.random_mask(rng, scene, kind)) > 127
+            ys, xs = np.nonzero(mask)
+            box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            is_box = mask.sum() == (box[2] - box[0]) * (box[3] - box[1])
+            covered = [float((mask & p).sum() / p.sum()) for p in pixels]
+            if kind == "object":  # one shape's whole box, grown by 2–24 px on every side the image allows
+                assert is_box
+                clipped = [
+                    tuple(int(np.clip(v, 0, world.SIZE)) for v in world.box_grown(s.box, g))
+                    for s in scene.shapes
+                    for g in range(2, 25)
+                ]
+                assert tuple(int(v) for v in box) in clipped and max(covered) == 1.0
+            elif kind == "part":  # a strip of one shape, touching no other
+                assert is_box
+                touched = [c for c in covered if c > 0]
+                assert len(touched) == 1 and 0 < touched[0] < 1, covered
+            elif kind == "background":  # empty background: a box with no shape pixel (a blob if no box fits)
+                fallbacks += not is_box
+                assert max(covered) == 0 or not is_box
+            else:  # a blob: round edges, not a box
+                assert not is_box and mask.sum() > 300
+    assert fallbacks < 25 // 3  # crowded scenes only (about a sixth of 2–4-shape scenes)
 
 
 # ---- the training script ------------------------------------------------------------------------------------

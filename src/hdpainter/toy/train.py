@@ -6,11 +6,15 @@ in the middle block (so PAIntA's and RASG's grids, H/32 = 8×8 and H/16 = 16×16
 schedule, predicting v (as SD 2's 768 px model does) rather than ε.
 
 Phase 1 trains the autoencoder on crops of toy scenes. Phase 2 trains the text encoder and UNet together
-on inpainting examples: mask a shape's box (grown by a random margin), a part of a shape, or empty
-background, and prompt the shape ("a red circle", or "" for background); 10 % of prompts are dropped for
-classifier-free guidance. The UNet's inputs are built exactly as the pipeline builds them at inference
-(mask dilated by one pixel, its latent-grid version by bicubic downscale and `!= 0`, E(masked image) as
-the posterior mean). What makes it fit in an hour on two cores:
+on inpainting examples built as real inpainting models are trained: a scene of 2–4 shapes, a random mask
+(a shape's box grown by a random margin, a part of a shape, empty background, or a random blob) and the
+caption of the whole scene ("a red circle and a blue square"), which often names shapes outside the mask;
+10 % of captions are dropped for classifier-free guidance. Multi-object captions make each word localise
+(the model has to tell which named shape is missing), and captions of shapes the mask does not cover teach
+it, as they teach real models, to continue the context rather than follow the prompt. The UNet's inputs
+are built exactly as the pipeline builds them at inference (mask dilated by one pixel, its latent-grid
+version by bicubic downscale and `!= 0`, E(masked image) as the posterior mean). What makes it fit in an
+hour on two cores:
 
 - v-prediction: with ε-prediction the x̂0 of the noisiest steps (where colour, shape and the known
   region's layout are decided) carries the ε error times √(1−ᾱ)/√ᾱ ≈ 15, and a model trained for an
@@ -50,7 +54,6 @@ UNET_MULTIPLE = 32  # pixel sizes the UNet takes: latent × 4 (two downsamplings
 CHECK_STEPS = 20  # the quick faithfulness check's sampling steps
 # Held-out draws, far from the small training seeds (--seed): validation losses, autoencoder fidelity, final check
 VALIDATION_SEED, FIDELITY_SEED, CHECK_SEED = 2_000_003, 2_000_011, 2_000_017
-PART_MARGIN = 4  # a part-of-shape mask reaches this many px beyond the shape on its three other sides
 LATENT_PENALTY = 1e-4  # weight of the autoencoder's mean squared latent
 AE_WARMUP, UNET_WARMUP = 0.05, 0.03  # shares of each phase's steps with a linear learning-rate warm-up
 ENCODE_CHUNK = 32  # examples encoded at once when a replay pool is filled
@@ -139,33 +142,15 @@ def warmup_cosine(optimizer, steps: int, warmup: float):
 
 
 def scenes(rng, count):
-    return [world.random_scene(rng) for _ in range(count)]
+    return [world.random_scene(rng, count=world.TRAIN_SHAPES) for _ in range(count)]
 
 
 def inpainting_example(rng: np.random.Generator):
-    """(scene image, mask, prompt): a shape's box grown by 2–24 px (65 %), part of a shape (15 %), or an
-    empty background box with the empty prompt (20 %)."""
-    scene = world.random_scene(rng)
-    roll = rng.random()
-    if roll < 0.2:
-        r = int(rng.integers(world.RADIUS[0], world.RADIUS[1] + 8))
-        box = world.free_box(rng, scene.shapes, r)
-        if box is not None:
-            return scene.image, world.box_mask(box), ""
-    shape = scene.shapes[int(rng.integers(len(scene.shapes)))]
-    if roll < 0.35:
-        x0, y0, x1, y1 = shape.box
-        cut = int(rng.integers(shape.r // 2, shape.r + 1))
-        side = int(rng.integers(4))
-        m = PART_MARGIN
-        box = [
-            (x0 - m, y0 - m, x0 + cut, y1 + m),
-            (x1 - cut, y0 - m, x1 + m, y1 + m),
-            (x0 - m, y0 - m, x1 + m, y0 + cut),
-            (x0 - m, y1 - cut, x1 + m, y1 + m),
-        ][side]
-        return scene.image, world.box_mask(box), shape.prompt
-    return scene.image, world.box_mask(shape.box, grow=int(rng.integers(2, 25))), shape.prompt
+    """(scene image, mask, caption) of a training scene (hdpainter.toy.world.training_example): 2–4 shapes, a mask
+    over a shape (45 %), part of one (15 %), empty background (20 %; a blob when no free box fits, in about a sixth
+    of these scenes) or a random blob (20 %), and the caption of the whole scene, as real inpainting models are
+    trained (captions of whole images, random masks)."""
+    return world.training_example(rng)
 
 
 def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -525,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-steps", type=int, default=900)
     parser.add_argument("--ae-batch", type=int, default=8)
     parser.add_argument("--ae-crop", type=int, default=128, help="autoencoder training crops (px, a multiple of 8)")
-    parser.add_argument("--steps", type=int, default=4000, help="inpainting steps")
+    parser.add_argument("--steps", type=int, default=3400, help="inpainting steps")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument(

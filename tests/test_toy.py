@@ -213,6 +213,22 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
         generator=torch.Generator().manual_seed(0),
     ).images[0]
     assert result.size == (256, 256)
+    # --autoencoder: phase 1 skipped, the saved autoencoder taken as it is, a new UNet trained
+    again = tmp_path / "again"
+    common = ["--steps", "4", "--batch", "2", "--crop", "96", "--pool", "4", "--refresh", "2", "--check", "0"]
+    assert train.main(["--out", str(again), "--autoencoder", str(out), "--seed", "1", *common]) == 0
+    vae, vae2 = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (out, again))
+    assert vae.keys() == vae2.keys() and all(torch.equal(vae[k], vae2[k]) for k in vae)
+    assert json.loads((again / "training.json").read_text())["ae_losses"] == []
+    unet2 = load_file(again / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.equal(saved[k], unet2[k]) for k in saved)
+
+
+def test_training_cli_takes_one_source_of_the_autoencoder(tmp_path):
+    from hdpainter.toy import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--resume", "a", "--autoencoder", "b"])
 
 
 def test_training_inputs_are_built_as_the_pipeline_builds_them():

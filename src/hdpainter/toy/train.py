@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-steps", type=int, default=900)
     parser.add_argument("--ae-batch", type=int, default=8)
     parser.add_argument("--ae-crop", type=int, default=128, help="autoencoder training crops (px, a multiple of 8)")
-    parser.add_argument("--steps", type=int, default=3400, help="inpainting steps")
+    parser.add_argument("--steps", type=int, default=3200, help="inpainting steps")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument(
@@ -543,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a saved toy model: keep its autoencoder, train its UNet and text encoder further",
     )
     parser.add_argument(
+        "--autoencoder",
+        default=None,
+        help="a saved toy model: take its trained autoencoder (skipping phase 1), train a new UNet and text encoder",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 when the CPU is shared)"
     )
     args = parser.parse_args(argv)
@@ -550,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--crop must be a multiple of {UNET_MULTIPLE} in {UNET_MULTIPLE}..{world.SIZE}")
     if args.ae_crop % LATENT_SCALE or not LATENT_SCALE <= args.ae_crop <= world.SIZE:
         parser.error(f"--ae-crop must be a multiple of {LATENT_SCALE} in {LATENT_SCALE}..{world.SIZE}")
+    if args.resume and args.autoencoder:
+        parser.error("--resume already keeps the saved model's autoencoder: give one of --resume, --autoencoder")
     if not 1 <= args.refresh <= args.pool:
         parser.error("--refresh must be at least 1 and at most --pool")
     if args.threads:
@@ -567,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         components = load_components(args.resume)
         std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
         log(f"resumed from {args.resume}: the autoencoder is kept, the inpainting phase goes on")
+    elif args.autoencoder:
+        components = make_components(args.seed)
+        components["vae"] = load_components(args.autoencoder)["vae"]
+        std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
+        log(f"the autoencoder of {args.autoencoder}; a new UNet and text encoder")
     else:
         components = make_components(args.seed)
         std, ae_losses, ae_val = train_autoencoder(

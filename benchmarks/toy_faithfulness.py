@@ -1,6 +1,6 @@
 """Prompt faithfulness on the toy world: a small replication of the paper's ablation (its Table 2).
 
-    python benchmarks/toy_faithfulness.py [--cases 36] [--scales 1.5,3,7.5] [--steps 50] [--out DIR]
+    python benchmarks/toy_faithfulness.py [--cases 36] [--scales 1.5,3,7.5] [--steps 50] [--model toy] [--out DIR]
 
 Held-out cases (seeds apart from training's) built to provoke prompt neglect: the prompt asks for a
 colour and shape that differ from every shape in the scene, and the mask lies on empty background,
@@ -253,13 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vanilla-scale", type=float, default=VANILLA_SCALE, help=f"s of vanilla-guidance (default {VANILLA_SCALE:g})"
     )
+    parser.add_argument(
+        "--placements",
+        default=",".join(PLACEMENTS),
+        help="mask placements, taken in turn (the first three alone: the first toy world's case set)",
+    )
     parser.add_argument("--batch", type=int, default=12, help="cases per pipeline call")
     parser.add_argument("--out", default=None, help="folder for rows.json and table.md")
     args = parser.parse_args(argv)
     import torch
 
     torch.manual_seed(0)
-    cases = neglect_cases(args.cases)
+    placements = tuple(p.strip() for p in args.placements.split(",") if p.strip())
+    if not placements or set(placements) - set(PLACEMENTS):
+        parser.error(f"--placements: some of {', '.join(PLACEMENTS)}")
+    cases = neglect_cases(args.cases, placements=placements)
     started = time.perf_counter()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

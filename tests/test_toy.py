@@ -88,6 +88,8 @@ def test_neglect_cases_are_fixed_and_ask_for_what_is_not_there():
         else:
             assert found[0] != case.color  # the prompted colour is not already there
     assert [c.prompt for c in world.neglect_cases(12)] == [c.prompt for c in cases]  # fixed held-out set
+    first = world.neglect_cases(6, placements=world.PLACEMENTS[:3])  # the first toy world's kinds only
+    assert [c.placement for c in first] == list(world.PLACEMENTS[:3]) * 2
 
 
 def shape_pixels(shape: world.Shape) -> np.ndarray:

@@ -236,14 +236,15 @@ class NeglectCase:
     placement: str
 
 
-def neglect_cases(count: int, seed: int = CASE_SEED) -> list[NeglectCase]:
-    """`count` cases, placements in turn: mask on empty background, touching a shape's box, or covering a shape,
+def neglect_cases(count: int, seed: int = CASE_SEED, placements: tuple[str, ...] = PLACEMENTS) -> list[NeglectCase]:
+    """`count` cases, `placements` in turn: mask on empty background, touching a shape's box, or covering a shape,
     with a prompt whose colour and shape both differ from every shape in the scene; or ("masked object") covering
-    one of 2–3 shapes, with a prompt that names only that shape."""
+    one of 2–3 shapes, with a prompt that names only that shape. The first three placements alone give the case
+    set of the first toy world (before "masked object" was added)."""
     rng = np.random.default_rng(seed)
     cases = []
     while len(cases) < count:
-        placement = PLACEMENTS[len(cases) % len(PLACEMENTS)]
+        placement = placements[len(cases) % len(placements)]
         if placement == "masked object":
             scene = random_scene(rng, count=(2, 3))
             target = scene.shapes[0]

@@ -12,7 +12,8 @@ in the mask; the table gives accuracy (colour, shape, both) with Wilson 95 % int
 comparison with the baseline on the same cases (cases won / lost, exact sign-test p), and
 the cross-attention in-mask / out-of-mask ratio of the prompt's tokens at H/16 and H/32: the result is
 encoded, noised to t = 500 (fixed noise) and passed once through the UNet, whose cross-attention
-probabilities (softmax over the prompt's tokens ind(τ)) are averaged over heads and layers of each grid.
+probabilities (softmax over the prompt's tokens ind(τ)) are averaged over heads and layers of each grid;
+rows.json also keeps the prompt tokens' share of all cross-attention (the rest goes to SOT and padding).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class AttentionProbe:
         self.token_index = token_index
         self.masks = masks  # tokens per side → (side*side,) bool
         self.ratios: dict[int, list[float]] = {}
+        self.shares: dict[int, list[float]] = {}  # the prompt tokens' share of all cross-attention, per layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         import torch
@@ -67,13 +69,17 @@ class AttentionProbe:
             inside = torch.from_numpy(self.masks[side])
             p = probs[:, :, self.token_index].sum(-1).mean(0)  # (n,)
             self.ratios.setdefault(side, []).append(float(p[inside].mean() / p[~inside].mean().clamp_min(1e-12)))
+            self.shares.setdefault(side, []).append(float(p.mean()))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
 
 
-def attention_ratio(pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt: str) -> dict[int, float]:
-    """{16: ratio, 32: ratio}: prompt-token attention in the mask over outside, on the result noised to t=500."""
+def attention_ratio(
+    pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt: str, shares: dict | None = None
+) -> dict[int, float]:
+    """{16: ratio, 32: ratio}: prompt-token attention in the mask over outside, on the result noised to t=500;
+    `shares`, if given, receives {16: share, 32: share}, the prompt tokens' share of all cross-attention."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -109,6 +115,8 @@ def attention_ratio(pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt:
             pipe.unet(torch.cat([noisy, small, masked_latents], 1), t, encoder_hidden_states=text)
         finally:
             pipe.unet.set_attn_processor(processors)
+    if shares is not None:
+        shares.update({world.SIZE // side: float(np.mean(v)) for side, v in probe.shares.items()})
     return {world.SIZE // side: float(np.mean(v)) for side, v in probe.ratios.items()}
 
 
@@ -156,7 +164,8 @@ def run(
                 ).images
                 for case, result in zip(chunk, results):
                     color, shape = world.classify(result, case.mask)
-                    ratio = attention_ratio(pipe, result, case.mask, case.prompt)
+                    shares = {}
+                    ratio = attention_ratio(pipe, result, case.mask, case.prompt, shares)
                     rows.append(
                         {
                             "case": case.index,
@@ -171,6 +180,8 @@ def run(
                             "both": color == case.color and shape == case.shape,
                             "ratio16": ratio.get(16),
                             "ratio32": ratio.get(32),
+                            "share16": shares.get(16),
+                            "share32": shares.get(32),
                         }
                     )
                 if progress:

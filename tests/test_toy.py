@@ -408,8 +408,17 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
     pipe = tiny.pipeline
     x = torch.randn(1, 9, 32, 32, generator=torch.Generator().manual_seed(0))
     text = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    seen = []  # (attn2 module, its input) in call order, for an independent computation of the shares
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0])))
+        for n, m in pipe.unet.named_modules()
+        if n.endswith("attn2")
+    ]
     with torch.no_grad():  # a 256 px latent: H/16 is 16×16, H/32 is 8×8
         plain = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
         probe = bench.AttentionProbe([1, 2, 3], {16: np.arange(256) < 128, 8: np.arange(64) < 32})
         processors = pipe.unet.attn_processors
         pipe.unet.set_attn_processor({n: probe if n.endswith("attn2.processor") else p for n, p in processors.items()})
@@ -419,6 +428,19 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
             pipe.unet.set_attn_processor(processors)
     assert torch.allclose(plain, probed, atol=1e-5)
     assert set(probe.ratios) == {16, 8} and all(r > 0 for v in probe.ratios.values() for r in v)
+    # the shares, recomputed: softmax over all 77 tokens per head, prompt tokens 1-3 summed, mean over heads and pixels
+    expected = {}
+    with torch.no_grad():
+        for attn, hidden in seen:
+            q = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+            k = attn.to_k(text).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+            probs = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+            side = int(round(hidden.shape[1] ** 0.5))
+            if side in (16, 8):
+                expected.setdefault(side, []).append(float(probs[..., [1, 2, 3]].sum(-1).mean()))
+    assert expected.keys() == probe.shares.keys()
+    for side in expected:
+        np.testing.assert_allclose(probe.shares[side], expected[side], rtol=1e-4)
 
 
 def test_benchmark_plumbing_and_table():
@@ -432,6 +454,7 @@ def test_benchmark_plumbing_and_table():
         p = bench.rate_interval(both, 3)[0]
         assert f"| {method} |" in markdown and f"{100 * p:.0f} %" in markdown.split(f"| {method} |")[1].split("\n")[0]
         assert all(r["ratio16"] > 0 and r["ratio32"] > 0 for r in mine)
+        assert all(0 < r["share16"] < 1 and 0 < r["share32"] < 1 for r in mine)
         assert all(r["both"] == (r["color"] and r["shape"]) for r in mine)
 
 

@@ -1,9 +1,10 @@
 """A synthetic world of coloured shapes: scenes, captions, masks, and a deterministic scorer.
 
 Scenes hold a few axis-aligned shapes (circle, square, upright triangle) in four saturated colours on a
-pale, softly graded background. Training is built as real inpainting models are trained: a scene of 2–4
-shapes, a caption of the *whole* scene ("a red circle and a blue square") and a random mask (over a shape,
-part of one, empty background, or a random blob), so the caption often names what is outside the mask.
+pale, softly graded background. `training_example` builds examples as real inpainting models are trained
+(the training script's `--data captions`): a scene of 2–4 shapes, a caption of the *whole* scene ("a red
+circle and a blue square") and a random mask (over a shape, part of one, empty background, or a random
+blob), so the caption often names what is outside the mask.
 Held-out prompts name one shape ("a red circle"). The scorer reads the colour and shape inside a mask from
 pixel statistics alone: saturated pixels vote for the nearest colour, and the largest blob of that colour is
 a square, circle or triangle by how much of its box it fills (1, π/4 ≈ 0.79, 1/2).

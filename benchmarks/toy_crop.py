@@ -52,7 +52,7 @@ def run(cases: int, steps: int, seed: int) -> list[dict]:
     painter = HDPainter.from_pretrained("toy", upscaler=None, device="cpu")
     rng = np.random.default_rng(seed)
     rows = []
-    for case in world.neglect_cases(cases):
+    for case in world.neglect_cases(cases, placements=world.PLACEMENTS[:3]):  # its documented case set
         image, mask = mosaic_case(case, rng)
         for region in REGIONS:
             request = InpaintRequest.from_options(

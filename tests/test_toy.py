@@ -75,13 +75,80 @@ def test_prompts_and_demo_scenes():
 
 
 def test_neglect_cases_are_fixed_and_ask_for_what_is_not_there():
-    cases = world.neglect_cases(9)
-    assert [c.placement for c in cases[:3]] == list(world.PLACEMENTS)
+    cases = world.neglect_cases(12)
+    assert [c.placement for c in cases[:4]] == list(world.PLACEMENTS)
     for case in cases:
         assert case.prompt == f"a {case.color} {case.shape}" and np.asarray(case.mask).any()
         found = world.classify(case.image, case.mask)
-        assert found[0] != case.color  # the prompted colour is not already there
-    assert [c.prompt for c in world.neglect_cases(9)] == [c.prompt for c in cases]  # fixed held-out set
+        if case.placement == "masked object":  # the prompt names the shape under the mask, and others stay outside
+            assert found == (case.color, case.shape)
+            rgb = np.asarray(case.image, dtype=int)
+            saturated = rgb.max(-1) - rgb.min(-1) > world.SATURATION
+            assert (saturated & (np.asarray(case.mask) == 0)).sum() > world.MIN_SHAPE_PIXELS
+        else:
+            assert found[0] != case.color  # the prompted colour is not already there
+    assert [c.prompt for c in world.neglect_cases(12)] == [c.prompt for c in cases]  # fixed held-out set
+    first = world.neglect_cases(6, placements=world.PLACEMENTS[:3])  # the first toy world's kinds only
+    assert [c.placement for c in first] == list(world.PLACEMENTS[:3]) * 2
+
+
+def shape_pixels(shape: world.Shape) -> np.ndarray:
+    """(256, 256) bool: the pixels `shape` covers when drawn alone."""
+    from PIL import ImageDraw
+
+    canvas = PIL.Image.new("L", (world.SIZE, world.SIZE), 0)
+    world.draw_shape(ImageDraw.Draw(canvas), shape, 255)
+    return np.asarray(canvas) > 0
+
+
+def test_captions_name_every_shape_of_the_scene_in_random_order():
+    import re
+
+    rng = np.random.default_rng(11)
+    orders = set()
+    for _ in range(40):
+        scene = world.random_scene(rng, count=world.TRAIN_SHAPES)
+        text = world.caption(scene.shapes, rng)
+        named = re.findall(r"a (\w+) (\w+)", text)
+        assert sorted(named) == sorted((s.color, s.shape) for s in scene.shapes), text
+        n = len(scene.shapes)
+        assert 2 <= n <= 4 and text.count(" and ") == 1 and text.count(", ") == n - 2, text
+        assert text == ", ".join(f"a {c} {s}" for c, s in named[:-1]) + " and " + "a {} {}".format(*named[-1])
+        orders.add(tuple(named) == tuple((s.color, s.shape) for s in scene.shapes))
+    assert orders == {True, False}  # shuffled: sometimes in drawing order, sometimes not
+    assert world.caption([world.Shape("square", "red", 50, 50, 30)]) == "a red square"
+
+
+def test_training_masks_have_their_kinds_geometry():
+    rng = np.random.default_rng(5)
+    fallbacks = 0
+    for _ in range(25):
+        scene = world.random_scene(rng, count=world.TRAIN_SHAPES)
+        pixels = [shape_pixels(s) for s in scene.shapes]
+        for kind in world.MASK_KINDS:
+            mask = np.asarray(world.random_mask(rng, scene, kind)) > 127
+            ys, xs = np.nonzero(mask)
+            box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            is_box = mask.sum() == (box[2] - box[0]) * (box[3] - box[1])
+            covered = [float((mask & p).sum() / p.sum()) for p in pixels]
+            if kind == "object":  # one shape's whole box, grown by 2–24 px on every side the image allows
+                assert is_box
+                clipped = [
+                    tuple(int(np.clip(v, 0, world.SIZE)) for v in world.box_grown(s.box, g))
+                    for s in scene.shapes
+                    for g in range(2, 25)
+                ]
+                assert tuple(int(v) for v in box) in clipped and max(covered) == 1.0
+            elif kind == "part":  # a strip of one shape, touching no other
+                assert is_box
+                touched = [c for c in covered if c > 0]
+                assert len(touched) == 1 and 0 < touched[0] < 1, covered
+            elif kind == "background":  # empty background: a box with no shape pixel (a blob if no box fits)
+                fallbacks += not is_box
+                assert max(covered) == 0 or not is_box
+            else:  # a blob: round edges, not a box
+                assert not is_box and mask.sum() > 300
+    assert fallbacks < 25 // 3  # crowded scenes only (about a sixth of 2–4-shape scenes)
 
 
 # ---- the training script ------------------------------------------------------------------------------------
@@ -148,6 +215,26 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
         generator=torch.Generator().manual_seed(0),
     ).images[0]
     assert result.size == (256, 256)
+    # --autoencoder: phase 1 skipped, the saved autoencoder taken as it is, a new UNet trained
+    again = tmp_path / "again"
+    common = ["--steps", "4", "--batch", "2", "--crop", "96", "--pool", "4", "--refresh", "2", "--check", "0"]
+    assert (
+        train.main(["--out", str(again), "--autoencoder", str(out), "--data", "captions", "--max-steps", "3", *common])
+        == 0
+    )
+    vae, vae2 = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (out, again))
+    assert vae.keys() == vae2.keys() and all(torch.equal(vae[k], vae2[k]) for k in vae)
+    record = json.loads((again / "training.json").read_text())
+    assert record["ae_losses"] == [] and record["steps_done"] == 3 and record["args"]["data"] == "captions"
+    unet2 = load_file(again / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.equal(saved[k], unet2[k]) for k in saved)
+
+
+def test_training_cli_takes_one_source_of_the_autoencoder(tmp_path):
+    from hdpainter.toy import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--resume", "a", "--autoencoder", "b"])
 
 
 def test_training_inputs_are_built_as_the_pipeline_builds_them():
@@ -157,7 +244,7 @@ def test_training_inputs_are_built_as_the_pipeline_builds_them():
     from hdpainter.toy import train
 
     rng = np.random.default_rng(3)
-    examples = [train.inpainting_example(rng) for _ in range(6)]
+    examples = [train.inpainting_example(rng, data) for data in train.DATA for _ in range(3)]
     pixels, masked, grid = train.unet_inputs(examples, world.SIZE, rng)
     for (image, mask, _), p, m, g in zip(examples, pixels, masked, grid):
         prepared = imgs.prepare(image, mask, world.SIZE)
@@ -240,7 +327,7 @@ def test_the_shipped_model_paints_the_prompted_colour(toy):
     from hdpainter.core.blend import blend_region
     from hdpainter.painter import InpaintRequest, blend_dilation
 
-    cases = world.neglect_cases(12, seed=5)  # held out: four of each placement
+    cases = world.neglect_cases(12, seed=5, placements=world.PLACEMENTS[:3])  # held out: four of each placement
     hits = both = 0
     for case in cases:
         request = InpaintRequest.from_options(
@@ -325,8 +412,17 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
     pipe = tiny.pipeline
     x = torch.randn(1, 9, 32, 32, generator=torch.Generator().manual_seed(0))
     text = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    seen = []  # (attn2 module, its input) in call order, for an independent computation of the shares
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0])))
+        for n, m in pipe.unet.named_modules()
+        if n.endswith("attn2")
+    ]
     with torch.no_grad():  # a 256 px latent: H/16 is 16×16, H/32 is 8×8
         plain = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
         probe = bench.AttentionProbe([1, 2, 3], {16: np.arange(256) < 128, 8: np.arange(64) < 32})
         processors = pipe.unet.attn_processors
         pipe.unet.set_attn_processor({n: probe if n.endswith("attn2.processor") else p for n, p in processors.items()})
@@ -336,6 +432,19 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
             pipe.unet.set_attn_processor(processors)
     assert torch.allclose(plain, probed, atol=1e-5)
     assert set(probe.ratios) == {16, 8} and all(r > 0 for v in probe.ratios.values() for r in v)
+    # the shares, recomputed: softmax over all 77 tokens per head, prompt tokens 1-3 summed, mean over heads and pixels
+    expected = {}
+    with torch.no_grad():
+        for attn, hidden in seen:
+            q = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+            k = attn.to_k(text).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+            probs = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+            side = int(round(hidden.shape[1] ** 0.5))
+            if side in (16, 8):
+                expected.setdefault(side, []).append(float(probs[..., [1, 2, 3]].sum(-1).mean()))
+    assert expected.keys() == probe.shares.keys()
+    for side in expected:
+        np.testing.assert_allclose(probe.shares[side], expected[side], rtol=1e-4)
 
 
 def test_benchmark_plumbing_and_table():
@@ -349,6 +458,7 @@ def test_benchmark_plumbing_and_table():
         p = bench.rate_interval(both, 3)[0]
         assert f"| {method} |" in markdown and f"{100 * p:.0f} %" in markdown.split(f"| {method} |")[1].split("\n")[0]
         assert all(r["ratio16"] > 0 and r["ratio32"] > 0 for r in mine)
+        assert all(0 < r["share16"] < 1 and 0 < r["share32"] < 1 for r in mine)
         assert all(r["both"] == (r["color"] and r["shape"]) for r in mine)
 
 

@@ -6,11 +6,22 @@ in the middle block (so PAIntA's and RASG's grids, H/32 = 8×8 and H/16 = 16×16
 schedule, predicting v (as SD 2's 768 px model does) rather than ε.
 
 Phase 1 trains the autoencoder on crops of toy scenes. Phase 2 trains the text encoder and UNet together
-on inpainting examples: mask a shape's box (grown by a random margin), a part of a shape, or empty
-background, and prompt the shape ("a red circle", or "" for background); 10 % of prompts are dropped for
-classifier-free guidance. The UNet's inputs are built exactly as the pipeline builds them at inference
-(mask dilated by one pixel, its latent-grid version by bicubic downscale and `!= 0`, E(masked image) as
-the posterior mean). What makes it fit in an hour on two cores:
+on inpainting examples of one of two kinds (`--data`):
+
+- `single` (the default, the shipped model's): scenes of 1–3 shapes; mask a shape's box (grown by a random
+  margin), a part of a shape, or empty background, and prompt the shape ("a red circle", or "" for
+  background);
+- `captions` (issue #17), built as real inpainting models are trained: a scene of 2–4 shapes, a random mask
+  (a shape's box grown by a random margin, a part of a shape, empty background, or a random blob) and the
+  caption of the whole scene ("a red circle and a blue square"), which often names shapes outside the mask.
+  Multi-object captions make each word localise (the model has to tell which named shape is missing), and
+  captions of shapes the mask does not cover teach it, as they teach real models, to continue the context
+  rather than follow the prompt.
+
+10 % of prompts are dropped for classifier-free guidance. The UNet's inputs
+are built exactly as the pipeline builds them at inference (mask dilated by one pixel, its latent-grid
+version by bicubic downscale and `!= 0`, E(masked image) as the posterior mean). What makes it fit in an
+hour on two cores:
 
 - v-prediction: with ε-prediction the x̂0 of the noisiest steps (where colour, shape and the known
   region's layout are decided) carries the ε error times √(1−ᾱ)/√ᾱ ≈ 15, and a model trained for an
@@ -50,7 +61,6 @@ UNET_MULTIPLE = 32  # pixel sizes the UNet takes: latent × 4 (two downsamplings
 CHECK_STEPS = 20  # the quick faithfulness check's sampling steps
 # Held-out draws, far from the small training seeds (--seed): validation losses, autoencoder fidelity, final check
 VALIDATION_SEED, FIDELITY_SEED, CHECK_SEED = 2_000_003, 2_000_011, 2_000_017
-PART_MARGIN = 4  # a part-of-shape mask reaches this many px beyond the shape on its three other sides
 LATENT_PENALTY = 1e-4  # weight of the autoencoder's mean squared latent
 AE_WARMUP, UNET_WARMUP = 0.05, 0.03  # shares of each phase's steps with a linear learning-rate warm-up
 ENCODE_CHUNK = 32  # examples encoded at once when a replay pool is filled
@@ -138,13 +148,27 @@ def warmup_cosine(optimizer, steps: int, warmup: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def scenes(rng, count):
-    return [world.random_scene(rng) for _ in range(count)]
+DATA = ("single", "captions")  # --data: the first toy world's examples, or whole-scene captions (issue #17)
+FIRST_WORLD_SHAPES = (1, 3)  # shapes per scene of the first toy world ("single")
 
 
-def inpainting_example(rng: np.random.Generator):
-    """(scene image, mask, prompt): a shape's box grown by 2–24 px (65 %), part of a shape (15 %), or an
-    empty background box with the empty prompt (20 %)."""
+def scene_shapes(data: str) -> tuple[int, int]:
+    return world.TRAIN_SHAPES if data == "captions" else FIRST_WORLD_SHAPES
+
+
+def case_placements(data: str) -> tuple[str, ...]:
+    """The held-out placements of the closing check: the first toy world's three, or all four."""
+    return world.PLACEMENTS if data == "captions" else world.PLACEMENTS[:3]
+
+
+def scenes(rng, count, shapes: tuple[int, int] = FIRST_WORLD_SHAPES):
+    return [world.random_scene(rng, count=shapes) for _ in range(count)]
+
+
+def single_prompt_example(rng: np.random.Generator):
+    """The first toy world's examples (--data single, the shipped model's): (scene image, mask, prompt) of a scene
+    of 1–3 shapes, a shape's box grown by 2–24 px (65 %), part of a shape (15 %), or an empty background box with
+    the empty prompt (20 %); the prompt names exactly the masked shape."""
     scene = world.random_scene(rng)
     roll = rng.random()
     if roll < 0.2:
@@ -157,7 +181,7 @@ def inpainting_example(rng: np.random.Generator):
         x0, y0, x1, y1 = shape.box
         cut = int(rng.integers(shape.r // 2, shape.r + 1))
         side = int(rng.integers(4))
-        m = PART_MARGIN
+        m = world.PART_MARGIN
         box = [
             (x0 - m, y0 - m, x0 + cut, y1 + m),
             (x1 - cut, y0 - m, x1 + m, y1 + m),
@@ -166,6 +190,19 @@ def inpainting_example(rng: np.random.Generator):
         ][side]
         return scene.image, world.box_mask(box), shape.prompt
     return scene.image, world.box_mask(shape.box, grow=int(rng.integers(2, 25))), shape.prompt
+
+
+def inpainting_example(rng: np.random.Generator, data: str = "single"):
+    """(scene image, mask, prompt) of `data`: "single" (single_prompt_example) or "captions"
+    (hdpainter.toy.world.training_example): 2–4 shapes, a mask over a shape (45 %), part of one (15 %), empty
+    background (20 %; a blob when no free box fits, in about a sixth of these scenes) or a random blob (20 %),
+    and the caption of the whole scene, as real inpainting models are trained (captions of whole images, random
+    masks)."""
+    if data == "captions":
+        return world.training_example(rng)
+    if data != "single":
+        raise ValueError(f"unknown training data {data!r}: one of {', '.join(DATA)}")
+    return single_prompt_example(rng)
 
 
 def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -234,13 +271,13 @@ class ExamplePool:
         return {k: v[rows] for k, v in self.tensors.items()}
 
 
-def encode_examples(components, count: int, crop: int, rng: np.random.Generator) -> dict:
+def encode_examples(components, count: int, crop: int, rng: np.random.Generator, data: str = "single") -> dict:
     """`count` fresh examples as the UNet needs them: x0 = E(image) and E(masked image) (posterior means ×
     scaling factor), the latent-grid mask and the prompt's token ids."""
     import torch
 
     vae, tokenizer = components["vae"], components["tokenizer"]
-    examples = [inpainting_example(rng) for _ in range(count)]
+    examples = [inpainting_example(rng, data) for _ in range(count)]
     pixels, masked, grid = unet_inputs(examples, crop, rng)
     with torch.no_grad():
         both = vae.encode(torch.cat([pixels, masked])).latent_dist.mean * vae.config.scaling_factor
@@ -265,7 +302,15 @@ def autoencoder_loss(vae, x, shape_weight: float):
 
 
 def train_autoencoder(
-    vae, steps: int, batch: int, rng, log, crop: int = 128, lr: float = 2e-3, shape_weight: float = 4.0
+    vae,
+    steps: int,
+    batch: int,
+    rng,
+    log,
+    crop: int = 128,
+    lr: float = 2e-3,
+    shape_weight: float = 4.0,
+    shapes: tuple[int, int] = FIRST_WORLD_SHAPES,
 ) -> tuple[float, list[float], list[float]]:
     """Reconstruction through the posterior mean, which is all the pipeline ever uses (sampling the
     posterior would only add noise that a tiny autoencoder takes long to learn away), on random `crop`-px
@@ -277,7 +322,7 @@ def train_autoencoder(
     scenes before and after."""
     import torch
 
-    held_out = to_tensor([s.image for s in scenes(np.random.default_rng(VALIDATION_SEED), 8)])
+    held_out = to_tensor([s.image for s in scenes(np.random.default_rng(VALIDATION_SEED), 8, shapes)])
 
     def validation_loss() -> float:
         vae.eval()
@@ -291,7 +336,7 @@ def train_autoencoder(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     schedule = warmup_cosine(optimizer, steps, AE_WARMUP)
     for step in range(steps):
-        x = to_tensor([s.image for s in scenes(rng, batch)])
+        x = to_tensor([s.image for s in scenes(rng, batch, shapes)])
         top, left = (int(v) for v in rng.integers(0, world.SIZE - crop + 1, 2) // LATENT_SCALE * LATENT_SCALE)
         loss = autoencoder_loss(vae, x[:, :, top : top + crop, left : left + crop], shape_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -304,11 +349,13 @@ def train_autoencoder(
     val.append(validation_loss())
     vae.eval()
     with torch.no_grad():
-        z = vae.encode(to_tensor([s.image for s in scenes(rng, 16)])).latent_dist.mean
+        z = vae.encode(to_tensor([s.image for s in scenes(rng, 16, shapes)])).latent_dist.mean
     return float(z.std()), losses, val
 
 
-def autoencoder_fidelity(vae, count: int = 48, seed: int = FIDELITY_SEED) -> float:
+def autoencoder_fidelity(
+    vae, count: int = 48, seed: int = FIDELITY_SEED, shapes: tuple[int, int] = FIRST_WORLD_SHAPES
+) -> float:
     """Share of ground-truth shapes (box grown by 6 px) the scorer still reads right after encode → decode."""
     import torch
 
@@ -318,7 +365,7 @@ def autoencoder_fidelity(vae, count: int = 48, seed: int = FIDELITY_SEED) -> flo
     right = total = 0
     with torch.no_grad():
         while total < count:
-            batch = scenes(rng, 8)
+            batch = scenes(rng, 8, shapes)
             decoded = vae.decode(vae.encode(to_tensor([s.image for s in batch])).latent_dist.mean).sample
             for scene, array in zip(batch, to_uint8(decoded)):
                 image = PIL.Image.fromarray(array)
@@ -379,15 +426,19 @@ def train_inpainting(
     snr_gamma: float | None = 5.0,
     ema_decay: float = 0.999,
     validation: int = 32,
+    data: str = "single",
+    max_steps: int | None = None,
 ) -> tuple[list[float], list[float]]:
     """Text encoder and UNet, with the vae frozen; the components end up holding the EMA weights. Returns the
-    training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after."""
+    training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after.
+    `max_steps` stops after that many of the `steps` the schedules are planned for (as a deadline would, but
+    reproducibly)."""
     import torch
     from diffusers.training_utils import EMAModel
 
     unet, text_encoder = components["unet"], components["text_encoder"]
     components["vae"].eval().requires_grad_(False)
-    held_out = encode_examples(components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED))
+    held_out = encode_examples(components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED), data)
 
     def validation_loss() -> float:
         with torch.no_grad():
@@ -414,9 +465,9 @@ def train_inpainting(
             size = crop if step < full_from else world.SIZE
             pool = ExamplePool(pool_size)
             while pool.size < pool_size:
-                pool.add(encode_examples(components, min(ENCODE_CHUNK, pool_size - pool.size), size, rng))
+                pool.add(encode_examples(components, min(ENCODE_CHUNK, pool_size - pool.size), size, rng, data))
             log(f"step {step + 1}: a pool of {pool_size} examples at {size} px")
-        pool.add(encode_examples(components, refresh, size, rng))
+        pool.add(encode_examples(components, refresh, size, rng, data))
         loss = denoising_loss(
             components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT
         )
@@ -433,6 +484,9 @@ def train_inpainting(
         if time.monotonic() > deadline:
             log(f"time budget reached after {step + 1} steps")
             break
+        if max_steps is not None and step + 1 >= max_steps:
+            log(f"stopped after {step + 1} steps (--max-steps)")
+            break
     ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
@@ -441,9 +495,11 @@ def train_inpainting(
     return losses, val
 
 
-def faithfulness_check(components, count: int = 24, seed: int = CHECK_SEED) -> dict:
+def faithfulness_check(
+    components, count: int = 24, seed: int = CHECK_SEED, placements: tuple[str, ...] = world.PLACEMENTS[:3]
+) -> dict:
     """Colour / shape / both accuracy of plain inpainting (method baseline, CFG 7.5, CHECK_STEPS steps) on
-    held-out cases of the benchmark's kind (hdpainter.toy.world.neglect_cases)."""
+    held-out cases of the benchmark's kind (hdpainter.toy.world.neglect_cases) with these `placements`."""
     import torch
 
     from ..inpaint import HDPainterPipeline
@@ -451,7 +507,7 @@ def faithfulness_check(components, count: int = 24, seed: int = CHECK_SEED) -> d
     pipe = HDPainterPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     hits = {"color": 0, "shape": 0, "both": 0}
-    cases = world.neglect_cases(count, seed)
+    cases = world.neglect_cases(count, seed, placements)
     for case in cases:
         result = pipe(
             case.prompt,
@@ -525,7 +581,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-steps", type=int, default=900)
     parser.add_argument("--ae-batch", type=int, default=8)
     parser.add_argument("--ae-crop", type=int, default=128, help="autoencoder training crops (px, a multiple of 8)")
+    parser.add_argument(
+        "--data",
+        default="single",
+        choices=DATA,
+        help="training examples: single (the shipped model's: the prompt names the masked shape) or captions "
+        "(issue #17: 2-4 shapes, captions of the whole scene, random masks)",
+    )
     parser.add_argument("--steps", type=int, default=4000, help="inpainting steps")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (schedules stay planned for --steps)"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument(
@@ -558,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a saved toy model: keep its autoencoder, train its UNet and text encoder further",
     )
     parser.add_argument(
+        "--autoencoder",
+        default=None,
+        help="a saved toy model: take its trained autoencoder (skipping phase 1), train a new UNet and text encoder",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 when the CPU is shared)"
     )
     args = parser.parse_args(argv)
@@ -565,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--crop must be a multiple of {UNET_MULTIPLE} in {UNET_MULTIPLE}..{world.SIZE}")
     if args.ae_crop % LATENT_SCALE or not LATENT_SCALE <= args.ae_crop <= world.SIZE:
         parser.error(f"--ae-crop must be a multiple of {LATENT_SCALE} in {LATENT_SCALE}..{world.SIZE}")
+    if args.resume and args.autoencoder:
+        parser.error("--resume already keeps the saved model's autoencoder: give one of --resume, --autoencoder")
     if not 1 <= args.refresh <= args.pool:
         parser.error("--refresh must be at least 1 and at most --pool")
     if args.threads:
@@ -582,14 +655,19 @@ def main(argv: list[str] | None = None) -> int:
         components = load_components(args.resume)
         std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
         log(f"resumed from {args.resume}: the autoencoder is kept, the inpainting phase goes on")
+    elif args.autoencoder:
+        components = make_components(args.seed)
+        components["vae"] = load_components(args.autoencoder)["vae"]
+        std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
+        log(f"the autoencoder of {args.autoencoder}; a new UNet and text encoder")
     else:
         components = make_components(args.seed)
         std, ae_losses, ae_val = train_autoencoder(
-            components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop
+            components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop, shapes=scene_shapes(args.data)
         )
         components["vae"].register_to_config(scaling_factor=1.0 / std)
         log(f"latent std {std:.3f}: scaling factor {1 / std:.4f}")
-    fidelity = autoencoder_fidelity(components["vae"])
+    fidelity = autoencoder_fidelity(components["vae"], shapes=scene_shapes(args.data))
     log(f"the scorer reads {100 * fidelity:.0f} % of ground-truth shapes right through the autoencoder")
     deadline = float("inf")
     if args.minutes:  # keep a minute and a half for saving and the check
@@ -609,9 +687,11 @@ def main(argv: list[str] | None = None) -> int:
         args.mask_weight,
         args.snr_gamma or None,
         args.ema,
+        data=args.data,
+        max_steps=args.max_steps,
     )
     save(components, out)
-    check = faithfulness_check(components, args.check) if args.check else {}
+    check = faithfulness_check(components, args.check, placements=case_placements(args.data)) if args.check else {}
     if check:
         log(
             f"faithfulness check (baseline, {check['cases']} held-out cases): colour {check['color']:.0%}, "

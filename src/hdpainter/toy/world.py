@@ -1,10 +1,13 @@
-"""A synthetic world of coloured shapes: scenes, prompts, masks, and a deterministic scorer.
+"""A synthetic world of coloured shapes: scenes, captions, masks, and a deterministic scorer.
 
-Scenes hold 1–3 axis-aligned shapes (circle, square, upright triangle) in four saturated colours on a
-pale, softly graded background. Prompts name one shape ("a red circle"). The scorer reads the colour
-and shape inside a mask from pixel statistics alone: saturated pixels vote for the nearest colour, and
-the largest blob of that colour is a square, circle or triangle by how much of its box it fills
-(1, π/4 ≈ 0.79, 1/2).
+Scenes hold a few axis-aligned shapes (circle, square, upright triangle) in four saturated colours on a
+pale, softly graded background. `training_example` builds examples as real inpainting models are trained
+(the training script's `--data captions`): a scene of 2–4 shapes, a caption of the *whole* scene ("a red
+circle and a blue square") and a random mask (over a shape, part of one, empty background, or a random
+blob), so the caption often names what is outside the mask.
+Held-out prompts name one shape ("a red circle"). The scorer reads the colour and shape inside a mask from
+pixel statistics alone: saturated pixels vote for the nearest colour, and the largest blob of that colour is
+a square, circle or triangle by how much of its box it fills (1, π/4 ≈ 0.79, 1/2).
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ RADIUS = (22, 46)  # half the side of a shape's box, in pixels at SIZE
 SATURATION = 90  # max − min channel above this: a shape's pixel (the background stays below 40)
 MIN_SHAPE_PIXELS = 60  # fewer saturated pixels than this in a mask: no shape there
 SQUARE_FILL, CIRCLE_FILL = 0.89, 0.64  # fill-ratio boundaries: square above, circle between, triangle below
-PLACEMENTS = ("background", "next to", "over")  # where a neglect case's mask lies
+TRAIN_SHAPES = (2, 4)  # shapes per training scene
+MASK_KINDS = ("object", "part", "background", "blob")  # training masks, drawn with MASK_SHARES
+MASK_SHARES = (0.45, 0.15, 0.2, 0.2)
+PART_MARGIN = 4  # a part-of-shape mask reaches this many px beyond the shape on its three other sides
+# where a held-out case's mask lies; the first three ask for a shape absent from the scene, the last for the
+# shape under the mask (the prompt names only it, the scene holds others)
+PLACEMENTS = ("background", "next to", "over", "masked object")
 CASE_SEED = 1_000_003  # held-out cases: far from the training seeds
 
 
@@ -104,6 +113,11 @@ def box_mask(box: tuple[int, int, int, int], size: int = SIZE, grow: int = 0) ->
     return PIL.Image.fromarray(mask, "L")
 
 
+def box_grown(box: tuple[int, int, int, int], grow: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    return x0 - grow, y0 - grow, x1 + grow, y1 + grow
+
+
 def free_box(rng: np.random.Generator, shapes: list[Shape], r: int, size: int = SIZE, margin: int = 4):
     """A square box of half-side r that touches no shape (None if none is found)."""
     for _ in range(300):
@@ -111,6 +125,61 @@ def free_box(rng: np.random.Generator, shapes: list[Shape], r: int, size: int = 
         if all(abs(cx - s.cx) > r + s.r + margin or abs(cy - s.cy) > r + s.r + margin for s in shapes):
             return cx - r, cy - r, cx + r, cy + r
     return None
+
+
+def caption(shapes: list[Shape], rng: np.random.Generator | None = None) -> str:
+    """The whole scene in words, in random order when `rng` is given: "a red circle, a blue square and a green
+    triangle"."""
+    order = list(rng.permutation(len(shapes))) if rng is not None else range(len(shapes))
+    words = [shapes[int(i)].prompt for i in order]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def blob_mask(rng: np.random.Generator, size: int = SIZE) -> PIL.Image.Image:
+    """A random blob: the union of 2–4 ellipses (radii 10–36 px) around a random point, wherever it falls."""
+    mask = PIL.Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy = (int(v) for v in rng.integers(40, size - 40, 2))
+    for _ in range(int(rng.integers(2, 5))):
+        x, y = (int(v) for v in rng.integers(-28, 29, 2))
+        rx, ry = (int(v) for v in rng.integers(10, 37, 2))
+        draw.ellipse((cx + x - rx, cy + y - ry, cx + x + rx, cy + y + ry), fill=255)
+    return mask
+
+
+def random_mask(rng: np.random.Generator, scene: Scene, kind: str, size: int = SIZE) -> PIL.Image.Image:
+    """A training mask of `kind` (MASK_KINDS): a shape's box grown by 2–24 px; a part of a shape (a strip of
+    ½–1 of its box from one side, PART_MARGIN px beyond it elsewhere); an empty background box (a blob when no
+    box fits); or a random blob."""
+    if kind == "background":
+        r = int(rng.integers(RADIUS[0], RADIUS[1] + 8))
+        box = free_box(rng, scene.shapes, r, size)
+        return box_mask(box, size) if box is not None else blob_mask(rng, size)
+    if kind == "blob":
+        return blob_mask(rng, size)
+    shape = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    if kind == "object":
+        return box_mask(shape.box, size, grow=int(rng.integers(2, 25)))
+    if kind != "part":
+        raise ValueError(f"unknown mask kind {kind!r}: one of {', '.join(MASK_KINDS)}")
+    x0, y0, x1, y1 = shape.box
+    cut = int(rng.integers(shape.r // 2, shape.r + 1))
+    m = PART_MARGIN
+    box = [
+        (x0 - m, y0 - m, x0 + cut, y1 + m),
+        (x1 - cut, y0 - m, x1 + m, y1 + m),
+        (x0 - m, y0 - m, x1 + m, y0 + cut),
+        (x0 - m, y1 - cut, x1 + m, y1 + m),
+    ][int(rng.integers(4))]
+    return box_mask(box, size)
+
+
+def training_example(rng: np.random.Generator, size: int = SIZE) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
+    """(image, mask, caption) as real inpainting training sees them: a scene of TRAIN_SHAPES shapes, a mask of a
+    random kind, and the whole scene's caption whatever the mask covers."""
+    scene = random_scene(rng, size, count=TRAIN_SHAPES)
+    kind = MASK_KINDS[int(rng.choice(len(MASK_KINDS), p=MASK_SHARES))]
+    return scene.image, random_mask(rng, scene, kind, size), caption(scene.shapes, rng)
 
 
 def classify(image: PIL.Image.Image, mask: PIL.Image.Image | None = None) -> tuple[str | None, str | None]:
@@ -168,13 +237,26 @@ class NeglectCase:
     placement: str
 
 
-def neglect_cases(count: int, seed: int = CASE_SEED) -> list[NeglectCase]:
-    """`count` cases, placements in turn (mask on empty background, touching a shape's box, covering a shape);
-    the prompt's colour and shape both differ from every shape in the scene."""
+def neglect_cases(count: int, seed: int = CASE_SEED, placements: tuple[str, ...] = PLACEMENTS) -> list[NeglectCase]:
+    """`count` cases, `placements` in turn: mask on empty background, touching a shape's box, or covering a shape,
+    with a prompt whose colour and shape both differ from every shape in the scene; or ("masked object") covering
+    one of 2–3 shapes, with a prompt that names only that shape. The first three placements alone give the case
+    set of the first toy world (before "masked object" was added)."""
     rng = np.random.default_rng(seed)
     cases = []
     while len(cases) < count:
-        placement = PLACEMENTS[len(cases) % len(PLACEMENTS)]
+        placement = placements[len(cases) % len(placements)]
+        if placement == "masked object":
+            scene = random_scene(rng, count=(2, 3))
+            target = scene.shapes[0]
+            if len(scene.shapes) < 2:
+                continue
+            box = tuple(int(np.clip(v, 0, SIZE)) for v in box_grown(target.box, 6))
+            mask = box_mask(box)
+            cases.append(
+                NeglectCase(len(cases), scene.image, mask, target.prompt, target.color, target.shape, placement)
+            )
+            continue
         scene = random_scene(rng, count=(1, 3))
         colors = [c for c in COLORS if all(s.color != c for s in scene.shapes)]
         shapes = [s for s in SHAPES if all(x.shape != s for x in scene.shapes)]
@@ -185,13 +267,7 @@ def neglect_cases(count: int, seed: int = CASE_SEED) -> list[NeglectCase]:
         if placement == "background":
             box = free_box(rng, scene.shapes, r, margin=8)
         elif placement == "over":  # the mask covers the first shape with a margin
-            target = scene.shapes[0]
-            box = (
-                target.cx - target.r - 6,
-                target.cy - target.r - 6,
-                target.cx + target.r + 6,
-                target.cy + target.r + 6,
-            )
+            box = box_grown(scene.shapes[0].box, 6)
         else:  # next to: the mask's box touches the first shape's box on one side
             target = scene.shapes[0]
             side = int(rng.integers(4))

@@ -167,6 +167,7 @@ def main() -> int:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="sd2", help="whose full-size UNet")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--skip-time", action="store_true", help="peak memory only (each step once, no timing)")
+    parser.add_argument("--skip-memory", action="store_true", help="times only (no fresh process per method)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step of each")
     parser.add_argument(
         "--timesteps", type=int, nargs="+", default=[999, 499], help="999: PAIntA and RASG; 499: RASG only"

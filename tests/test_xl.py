@@ -1,7 +1,6 @@
 """HDPainterXLPipeline (SDXL inpainting) on a tiny random-weight SDXL model, checked against diffusers'
 StableDiffusionXLInpaintPipeline and a plainly written reference-style loop."""
 
-import math
 
 import numpy as np
 import PIL.Image
@@ -10,8 +9,9 @@ import torch
 
 from hdpainter import images as imgs
 from hdpainter.attention import STATE_KEY, AttentionGuidance, guided_attention
-from hdpainter.core.rasg import rasg_objective
 from hdpainter.errors import HDPainterError
+
+from .test_pipeline import reference_loop
 
 SIZE = 256  # latent 32x32; PAIntA grids 16x16 (H/16) and 8x8 (H/32, also the middle block's)
 PROMPT = "a red boat"
@@ -137,37 +137,11 @@ def test_guided_sampler_matches_a_reference_style_loop(xl, photo, variant, eta):
     token_mask = torch.zeros(1, 77, dtype=torch.bool)
     token_mask[0, WORDS + [4]] = True  # the words and the EOT after them
     masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
-    ab = xl.scheduler.alphas_cumprod.double()
-    s_ = ab if variant == "paper" else 1 - xl.scheduler.betas.double()
-    ts = list(range(999, 0, -1000 // steps))
-    z = noise.clone()
-    with guided_attention(xl.unet, xl.vae_scale_factor):
-        for i, t in enumerate(ts):
-            z = z.detach().requires_grad_(True)
-            state = AttentionGuidance(
-                (SIZE // 8, SIZE // 8), "cfg", token_mask, masks, rasg_divisors=(32,), latent_factor=8
-            )
-            z_in = torch.cat([torch.cat([z, z]), torch.cat([mask_latent, image_latents], 1).repeat(2, 1, 1, 1)], 1)
-            out = xl.unet(
-                z_in,
-                torch.tensor([t, t]),
-                encoder_hidden_states=torch.cat([uncond, cond]),
-                added_cond_kwargs=added,
-                cross_attention_kwargs={STATE_KEY: state},
-            ).sample
-            e_u, e_c = out.detach().chunk(2)
-            eps = e_u + scale * (e_c - e_u)
-            score = -rasg_objective(state.rasg_logits(), token_mask, masks[32])
-            (grad,) = torch.autograd.grad(score.sum(), z)
-            z0 = (z.detach() - (1 - ab[t]).sqrt().float() * eps) / ab[t].sqrt().float()
-            if i == len(ts) - 1:
-                z = z0
-                break
-            p = t - 1000 // steps
-            grad = grad / grad.std()
-            sigma = math.sqrt((1 - s_[p]) / (1 - s_[t]) * (1 - s_[t] / s_[p]))
-            z = ab[p].sqrt().float() * z0 + math.sqrt(1 - ab[p] - (eta * sigma) ** 2) * eps + eta * sigma * grad
-    torch.testing.assert_close(ours, z.detach(), rtol=1e-3, atol=5e-4)
+    condition = torch.cat([mask_latent, image_latents], 1)
+    z = reference_loop(
+        xl, noise, condition, (uncond, cond), added, token_mask, masks, "rasg", variant, eta, steps, scale
+    )
+    torch.testing.assert_close(ours, z, rtol=1e-3, atol=5e-4)
     baseline = xl(
         PROMPT,
         *photo,

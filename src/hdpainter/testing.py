@@ -84,11 +84,12 @@ def make_tokenizer(family: str = "sd2"):
         return CLIPTokenizer.from_pretrained(folder, pad_token=pad, model_max_length=77)
 
 
-def tiny_text_encoder(tokenizer, activation: str):
-    """A 2-layer CLIP text encoder (width 32) over `tokenizer`'s vocabulary; SD 1.x uses quick_gelu, SD 2 gelu."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_text_encoder(tokenizer, activation: str, with_projection: bool = False):
+    """A 2-layer CLIP text encoder (width 32) over `tokenizer`'s vocabulary; SD 1.x uses quick_gelu, SD 2 gelu;
+    `with_projection`: with its pooled projection (width 32), as SDXL's second text encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    return CLIPTextModel(
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=32,
@@ -186,11 +187,10 @@ def make_xl_inpaint_components(seed: int = 0) -> dict:
     factor that asks to be upcast in float16, and the checkpoint's Euler scheduler."""
     import torch
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     tokenizer, tokenizer_2 = make_tokenizer("sd1"), make_tokenizer("sd2")
     torch.manual_seed(seed)
-    time_dim, projection = 8, 32
+    time_dim, projection = 8, 32  # the second text encoder's pooled projection is tiny_text_encoder's 32
     unet = UNet2DConditionModel(
         sample_size=128,  # 1024 px: SDXL's native size
         in_channels=9,
@@ -210,21 +210,7 @@ def make_xl_inpaint_components(seed: int = 0) -> dict:
     )
     vae = tiny_vae(sample_size=128, scaling_factor=0.13025, force_upcast=True)  # SDXL's scale; upcast in fp16
     text_encoder = tiny_text_encoder(tokenizer, "quick_gelu")
-    text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer_2),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer_2.bos_token_id,
-            eos_token_id=tokenizer_2.eos_token_id,
-            pad_token_id=tokenizer_2.pad_token_id,
-            hidden_act="gelu",
-            projection_dim=projection,
-        )
-    )
+    text_encoder_2 = tiny_text_encoder(tokenizer_2, "gelu", with_projection=True)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -1,7 +1,6 @@
 """HDPainterXLPipeline (SDXL inpainting) on a tiny random-weight SDXL model, checked against diffusers'
 StableDiffusionXLInpaintPipeline and a plainly written reference-style loop."""
 
-
 import numpy as np
 import PIL.Image
 import pytest

@@ -30,6 +30,12 @@ def run(pipe, photo, seed=0, prompt=PROMPT, **kwargs):
     return pipe(prompt, image, mask, generator=torch.Generator().manual_seed(seed), **kwargs).images
 
 
+def from_noise(pipe, photo, noise, steps, method, negative_prompt="", **kwargs):
+    """x̂0 of a run from the given x_T at the test size, no positive prompt (the equivalence tests' call)."""
+    kwargs = dict(num_inference_steps=steps, latents=noise, working_size=SIZE, output_type="latent") | kwargs
+    return pipe(PROMPT, *photo, method=method, negative_prompt=negative_prompt, positive_prompt="", **kwargs).images
+
+
 def latent_inputs(pipe, photo):
     """The mask on the latent grid and E(masked image), as stage 1 computes them (docs/method.md §1)."""
     prepared = imgs.prepare(*photo, SIZE)
@@ -57,17 +63,7 @@ def test_baseline_equals_diffusers_sdxl_inpaint_pipeline_with_ddim_trailing(xl, 
     steps = 5
     prepared, mask_latent, image_latents = latent_inputs(xl, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
-    ours = xl(
-        PROMPT,
-        *photo,
-        method="baseline",
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt=negative,
-        positive_prompt="",
-        working_size=SIZE,
-        output_type="latent",
-    ).images
+    ours = from_noise(xl, photo, noise, steps, "baseline", negative)
 
     scheduler = DDIMScheduler.from_config(
         xl.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
@@ -93,17 +89,7 @@ def test_baseline_equals_diffusers_sdxl_inpaint_pipeline_with_ddim_trailing(xl, 
         output_type="latent",
     ).images
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-    other = xl(
-        PROMPT,
-        *photo,
-        method="baseline",
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt="a green dog" if negative is None else None,
-        positive_prompt="",
-        working_size=SIZE,
-        output_type="latent",
-    ).images
+    other = from_noise(xl, photo, noise, steps, "baseline", "a green dog" if negative is None else None)
     assert (other - ours).abs().max() > 1e-3  # the negative conditioning reaches the UNet
 
 
@@ -115,19 +101,7 @@ def test_guided_sampler_matches_a_reference_style_loop(xl, photo, variant, eta):
     steps, scale = 4, 7.5
     prepared, mask_latent, image_latents = latent_inputs(xl, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(11))
-    ours = xl(
-        PROMPT,
-        *photo,
-        method="rasg",
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt="",
-        positive_prompt="",
-        rasg_eta=eta,
-        rasg_sigma=variant,
-        working_size=SIZE,
-        output_type="latent",
-    ).images
+    ours = from_noise(xl, photo, noise, steps, "rasg", rasg_eta=eta, rasg_sigma=variant)
 
     cond, uncond, pooled, uncond_pooled = xl.encode_prompt(PROMPT, device="cpu", negative_prompt=None)
     assert not uncond.any() and not uncond_pooled.any()  # no negative prompt: zeros, as diffusers' SDXL
@@ -141,17 +115,7 @@ def test_guided_sampler_matches_a_reference_style_loop(xl, photo, variant, eta):
         xl, noise, condition, (uncond, cond), added, token_mask, masks, "rasg", variant, eta, steps, scale
     )
     torch.testing.assert_close(ours, z, rtol=1e-3, atol=5e-4)
-    baseline = xl(
-        PROMPT,
-        *photo,
-        method="baseline",
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt="",
-        positive_prompt="",
-        working_size=SIZE,
-        output_type="latent",
-    ).images
+    baseline = from_noise(xl, photo, noise, steps, "baseline")
     assert (ours - baseline).abs().max() > 1e-3
 
 

@@ -151,6 +151,29 @@ def test_training_masks_have_their_kinds_geometry():
     assert fallbacks < 25 // 3  # crowded scenes only (about a sixth of 2–4-shape scenes)
 
 
+def test_full_mask_share_masks_whole_scenes_and_zero_keeps_the_earlier_examples():
+    # full_mask = 0 draws no extra random number: the examples are those of the code before the option
+    rng, again = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(6):
+        image, mask, text = world.training_example(rng, full_mask=0.0)
+        scene = world.random_scene(again, count=world.TRAIN_SHAPES)
+        kind = world.MASK_KINDS[int(again.choice(len(world.MASK_KINDS), p=world.MASK_SHARES))]
+        expected = world.random_mask(again, scene, kind)
+        assert np.array_equal(np.asarray(image), np.asarray(scene.image))
+        assert np.array_equal(np.asarray(mask), np.asarray(expected))
+        assert text == world.caption(scene.shapes, again)
+    rng = np.random.default_rng(4)
+    full = []
+    for _ in range(200):
+        image, mask, text = world.training_example(rng, full_mask=0.25)
+        m = np.asarray(mask)
+        full.append(bool((m == 255).all()))
+        assert not full[-1] or text.count(" a ") + 1 >= 2  # a full mask keeps the whole scene's caption
+    assert 0.17 < np.mean(full) < 0.33  # 25 % ± about 2.5 standard errors (binomial, n = 200)
+    _, mask, _ = world.training_example(np.random.default_rng(5), full_mask=1.0)
+    assert (np.asarray(mask) == 255).all()
+
+
 # ---- the training script ------------------------------------------------------------------------------------
 
 
@@ -219,13 +242,17 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
     again = tmp_path / "again"
     common = ["--steps", "4", "--batch", "2", "--crop", "96", "--pool", "4", "--refresh", "2", "--check", "0"]
     assert (
-        train.main(["--out", str(again), "--autoencoder", str(out), "--data", "captions", "--max-steps", "3", *common])
+        train.main(
+            ["--out", str(again), "--autoencoder", str(out), "--data", "captions", "--full-mask", "0.5"]
+            + ["--max-steps", "3", *common]
+        )
         == 0
     )
     vae, vae2 = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (out, again))
     assert vae.keys() == vae2.keys() and all(torch.equal(vae[k], vae2[k]) for k in vae)
     record = json.loads((again / "training.json").read_text())
     assert record["ae_losses"] == [] and record["steps_done"] == 3 and record["args"]["data"] == "captions"
+    assert record["args"]["full_mask"] == 0.5
     unet2 = load_file(again / "unet" / "diffusion_pytorch_model.safetensors")
     assert not all(torch.equal(saved[k], unet2[k]) for k in saved)
 
@@ -235,6 +262,10 @@ def test_training_cli_takes_one_source_of_the_autoencoder(tmp_path):
 
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path), "--resume", "a", "--autoencoder", "b"])
+    with pytest.raises(SystemExit):  # whole-scene masks are a share of the captions data only
+        train.main(["--out", str(tmp_path), "--full-mask", "0.25"])
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--data", "captions", "--full-mask", "1.5"])
 
 
 def test_training_inputs_are_built_as_the_pipeline_builds_them():

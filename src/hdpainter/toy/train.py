@@ -16,7 +16,9 @@ on inpainting examples of one of two kinds (`--data`):
   caption of the whole scene ("a red circle and a blue square"), which often names shapes outside the mask.
   Multi-object captions make each word localise (the model has to tell which named shape is missing), and
   captions of shapes the mask does not cover teach it, as they teach real models, to continue the context
-  rather than follow the prompt.
+  rather than follow the prompt. `--full-mask S` masks the whole scene in a share S of these examples, as
+  Stable Diffusion's inpainting models were trained (S = 0.25): text-to-image examples, in which each named
+  shape is drawn somewhere and only its words can say where.
 
 10 % of prompts are dropped for classifier-free guidance. The UNet's inputs
 are built exactly as the pipeline builds them at inference (mask dilated by one pixel, its latent-grid
@@ -192,14 +194,14 @@ def single_prompt_example(rng: np.random.Generator):
     return scene.image, world.box_mask(shape.box, grow=int(rng.integers(2, 25))), shape.prompt
 
 
-def inpainting_example(rng: np.random.Generator, data: str = "single"):
+def inpainting_example(rng: np.random.Generator, data: str = "single", full_mask: float = 0.0):
     """(scene image, mask, prompt) of `data`: "single" (single_prompt_example) or "captions"
     (hdpainter.toy.world.training_example): 2–4 shapes, a mask over a shape (45 %), part of one (15 %), empty
     background (20 %; a blob when no free box fits, in about a sixth of these scenes) or a random blob (20 %),
     and the caption of the whole scene, as real inpainting models are trained (captions of whole images, random
-    masks)."""
+    masks), a `full_mask` share of them masking the whole scene."""
     if data == "captions":
-        return world.training_example(rng)
+        return world.training_example(rng, full_mask=full_mask)
     if data != "single":
         raise ValueError(f"unknown training data {data!r}: one of {', '.join(DATA)}")
     return single_prompt_example(rng)
@@ -207,7 +209,7 @@ def inpainting_example(rng: np.random.Generator, data: str = "single"):
 
 def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
     """(top, left), multiples of 8, of a random `crop`-px window that holds the whole mask; if none does (a mask
-    within 7 px of the crop's size), the aligned window nearest to centred on it. Training masks leave room."""
+    within 7 px of the crop's size, or `--full-mask`'s whole scene), the aligned window nearest to centred on it."""
     ys, xs = np.nonzero(mask)
     origin = []
     for lo, hi, full in ((ys.min(), ys.max() + 1, mask.shape[0]), (xs.min(), xs.max() + 1, mask.shape[1])):
@@ -271,13 +273,15 @@ class ExamplePool:
         return {k: v[rows] for k, v in self.tensors.items()}
 
 
-def encode_examples(components, count: int, crop: int, rng: np.random.Generator, data: str = "single") -> dict:
+def encode_examples(
+    components, count: int, crop: int, rng: np.random.Generator, data: str = "single", full_mask: float = 0.0
+) -> dict:
     """`count` fresh examples as the UNet needs them: x0 = E(image) and E(masked image) (posterior means ×
     scaling factor), the latent-grid mask and the prompt's token ids."""
     import torch
 
     vae, tokenizer = components["vae"], components["tokenizer"]
-    examples = [inpainting_example(rng, data) for _ in range(count)]
+    examples = [inpainting_example(rng, data, full_mask) for _ in range(count)]
     pixels, masked, grid = unet_inputs(examples, crop, rng)
     with torch.no_grad():
         both = vae.encode(torch.cat([pixels, masked])).latent_dist.mean * vae.config.scaling_factor
@@ -428,6 +432,7 @@ def train_inpainting(
     validation: int = 32,
     data: str = "single",
     max_steps: int | None = None,
+    full_mask: float = 0.0,
 ) -> tuple[list[float], list[float]]:
     """Text encoder and UNet, with the vae frozen; the components end up holding the EMA weights. Returns the
     training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after.
@@ -438,7 +443,9 @@ def train_inpainting(
 
     unet, text_encoder = components["unet"], components["text_encoder"]
     components["vae"].eval().requires_grad_(False)
-    held_out = encode_examples(components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED), data)
+    held_out = encode_examples(
+        components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED), data, full_mask
+    )
 
     def validation_loss() -> float:
         with torch.no_grad():
@@ -465,9 +472,10 @@ def train_inpainting(
             size = crop if step < full_from else world.SIZE
             pool = ExamplePool(pool_size)
             while pool.size < pool_size:
-                pool.add(encode_examples(components, min(ENCODE_CHUNK, pool_size - pool.size), size, rng, data))
+                chunk = min(ENCODE_CHUNK, pool_size - pool.size)
+                pool.add(encode_examples(components, chunk, size, rng, data, full_mask))
             log(f"step {step + 1}: a pool of {pool_size} examples at {size} px")
-        pool.add(encode_examples(components, refresh, size, rng, data))
+        pool.add(encode_examples(components, refresh, size, rng, data, full_mask))
         loss = denoising_loss(
             components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT
         )
@@ -588,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         help="training examples: single (the shipped model's: the prompt names the masked shape) or captions "
         "(issue #17: 2-4 shapes, captions of the whole scene, random masks)",
     )
+    parser.add_argument(
+        "--full-mask",
+        type=float,
+        default=0.0,
+        help="with --data captions: the share of examples that mask the whole scene (text-to-image examples; "
+        "Stable Diffusion's inpainting training used 0.25)",
+    )
     parser.add_argument("--steps", type=int, default=4000, help="inpainting steps")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many steps (schedules stay planned for --steps)"
@@ -636,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--crop must be a multiple of {UNET_MULTIPLE} in {UNET_MULTIPLE}..{world.SIZE}")
     if args.ae_crop % LATENT_SCALE or not LATENT_SCALE <= args.ae_crop <= world.SIZE:
         parser.error(f"--ae-crop must be a multiple of {LATENT_SCALE} in {LATENT_SCALE}..{world.SIZE}")
+    if args.full_mask and args.data != "captions" or not 0 <= args.full_mask <= 1:
+        parser.error("--full-mask is a share in 0..1 and goes with --data captions")
     if args.resume and args.autoencoder:
         parser.error("--resume already keeps the saved model's autoencoder: give one of --resume, --autoencoder")
     if not 1 <= args.refresh <= args.pool:
@@ -689,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         args.ema,
         data=args.data,
         max_steps=args.max_steps,
+        full_mask=args.full_mask,
     )
     save(components, out)
     check = faithfulness_check(components, args.check, placements=case_placements(args.data)) if args.check else {}

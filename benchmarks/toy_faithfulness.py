@@ -13,7 +13,8 @@ comparison with the baseline on the same cases (cases won / lost, exact sign-tes
 the cross-attention in-mask / out-of-mask ratio of the prompt's tokens at H/16 and H/32: the result is
 encoded, noised to t = 500 (fixed noise) and passed once through the UNet, whose cross-attention
 probabilities (softmax over the prompt's tokens ind(τ)) are averaged over heads and layers of each grid;
-rows.json also keeps the prompt tokens' share of all cross-attention (the rest goes to SOT and padding).
+rows.json also keeps the prompt tokens' share of all cross-attention (the rest goes to SOT and padding) and each
+layer's ratio (`layers16`, `layers32`, in the UNet's call order: down, middle, up).
 """
 
 from __future__ import annotations
@@ -76,10 +77,17 @@ class AttentionProbe:
 
 
 def attention_ratio(
-    pipe, image: PIL.Image.Image, mask: PIL.Image.Image, prompt: str, shares: dict | None = None
+    pipe,
+    image: PIL.Image.Image,
+    mask: PIL.Image.Image,
+    prompt: str,
+    shares: dict | None = None,
+    layers: dict | None = None,
 ) -> dict[int, float]:
-    """{16: ratio, 32: ratio}: prompt-token attention in the mask over outside, on the result noised to t=500;
-    `shares`, if given, receives {16: share, 32: share}, the prompt tokens' share of all cross-attention."""
+    """{16: ratio, 32: ratio}: prompt-token attention in the mask over outside, on the result noised to t=500,
+    the mean of each grid's cross-attention layers; `shares`, if given, receives {16: share, 32: share}, the prompt
+    tokens' share of all cross-attention, and `layers` {16: [ratio, ...], 32: [...]}, each layer's ratio in the
+    UNet's call order."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -117,6 +125,8 @@ def attention_ratio(
             pipe.unet.set_attn_processor(processors)
     if shares is not None:
         shares.update({world.SIZE // side: float(np.mean(v)) for side, v in probe.shares.items()})
+    if layers is not None:
+        layers.update({world.SIZE // side: list(v) for side, v in probe.ratios.items()})
     return {world.SIZE // side: float(np.mean(v)) for side, v in probe.ratios.items()}
 
 
@@ -164,8 +174,8 @@ def run(
                 ).images
                 for case, result in zip(chunk, results):
                     color, shape = world.classify(result, case.mask)
-                    shares = {}
-                    ratio = attention_ratio(pipe, result, case.mask, case.prompt, shares)
+                    shares, layers = {}, {}
+                    ratio = attention_ratio(pipe, result, case.mask, case.prompt, shares, layers)
                     rows.append(
                         {
                             "case": case.index,
@@ -182,6 +192,8 @@ def run(
                             "ratio32": ratio.get(32),
                             "share16": shares.get(16),
                             "share32": shares.get(32),
+                            "layers16": layers.get(16),
+                            "layers32": layers.get(32),
                         }
                     )
                 if progress:

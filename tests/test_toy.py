@@ -463,8 +463,9 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
             pipe.unet.set_attn_processor(processors)
     assert torch.allclose(plain, probed, atol=1e-5)
     assert set(probe.ratios) == {16, 8} and all(r > 0 for v in probe.ratios.values() for r in v)
-    # the shares, recomputed: softmax over all 77 tokens per head, prompt tokens 1-3 summed, mean over heads and pixels
-    expected = {}
+    # the shares and in/out ratios, recomputed: softmax over all 77 tokens per head, prompt tokens 1-3 summed, mean
+    # over heads; the share is its mean over pixels, the ratio its mean in the first half of the pixels over the rest
+    expected, ratios = {}, {}
     with torch.no_grad():
         for attn, hidden in seen:
             q = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
@@ -472,10 +473,14 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
             probs = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
             side = int(round(hidden.shape[1] ** 0.5))
             if side in (16, 8):
-                expected.setdefault(side, []).append(float(probs[..., [1, 2, 3]].sum(-1).mean()))
-    assert expected.keys() == probe.shares.keys()
+                p = probs[..., [1, 2, 3]].sum(-1).mean((0, 1))  # per pixel
+                inside = torch.from_numpy(np.arange(side * side) < side * side // 2)
+                expected.setdefault(side, []).append(float(p.mean()))
+                ratios.setdefault(side, []).append(float(p[inside].mean() / p[~inside].mean()))
+    assert expected.keys() == probe.shares.keys() == ratios.keys()
     for side in expected:
         np.testing.assert_allclose(probe.shares[side], expected[side], rtol=1e-4)
+        np.testing.assert_allclose(probe.ratios[side], ratios[side], rtol=1e-4)
 
 
 def test_benchmark_plumbing_and_table():
@@ -490,6 +495,11 @@ def test_benchmark_plumbing_and_table():
         assert f"| {method} |" in markdown and f"{100 * p:.0f} %" in markdown.split(f"| {method} |")[1].split("\n")[0]
         assert all(r["ratio16"] > 0 and r["ratio32"] > 0 for r in mine)
         assert all(0 < r["share16"] < 1 and 0 < r["share32"] < 1 for r in mine)
+        for r in mine:  # the toy UNet's cross-attention layers: 3 at H/16, 4 at H/32 (the middle block's included)
+            assert len(r["layers16"]) == 3 and len(r["layers32"]) == 4
+            assert r["ratio16"] == pytest.approx(np.mean(r["layers16"])) and r["ratio32"] == pytest.approx(
+                np.mean(r["layers32"])
+            )
         assert all(r["both"] == (r["color"] and r["shape"]) for r in mine)
 
 

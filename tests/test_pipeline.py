@@ -250,19 +250,23 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     prepared, mask_latent, image_latents, cond, uncond = conditioning(pipe, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(11))
     options = dict(rasg_eta=eta, rasg_sigma=variant) if method == "rasg" else dict(vanilla_scale=eta)
-    ours = pipe(
-        "a red boat",
-        photo[0],
-        photo[1],
-        method=method,
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt="",
-        positive_prompt="",
-        working_size=SIZE,
-        output_type="latent",
-        **options,
-    ).images
+
+    def latents_of(method: str, **options):
+        return pipe(
+            "a red boat",
+            photo[0],
+            photo[1],
+            method=method,
+            num_inference_steps=steps,
+            latents=noise,
+            negative_prompt="",
+            positive_prompt="",
+            working_size=SIZE,
+            output_type="latent",
+            **options,
+        ).images
+
+    ours = latents_of(method, **options)
 
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
@@ -273,18 +277,7 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     # batched (this loop) and unbatched (ours) UNet passes sum in another order; with η = 1 and the paper's σ
     # that grows to 1.6e-4 here, with the RASG code before vanilla-guidance was added as well
     torch.testing.assert_close(ours, z, rtol=1e-3, atol=5e-4)
-    baseline = pipe(
-        "a red boat",
-        photo[0],
-        photo[1],
-        method="baseline",
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt="",
-        positive_prompt="",
-        working_size=SIZE,
-        output_type="latent",
-    ).images
+    baseline = latents_of("baseline")
     assert (ours - baseline).abs().max() > 1e-3
 
 

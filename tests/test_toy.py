@@ -174,6 +174,81 @@ def test_full_mask_share_masks_whole_scenes_and_zero_keeps_the_earlier_examples(
     assert (np.asarray(mask) == 255).all()
 
 
+def test_offscreen_captions_add_one_or_two_unseen_shapes_and_keep_the_picture():
+    def phrases(text):
+        return sorted(text.replace(" and ", ", ").split(", "))
+
+    for seed in range(12):
+        # the extra draws come after the scene and the mask: the same picture and mask as without the option
+        image, mask, text = world.training_example(np.random.default_rng(seed), full_mask=0.25, offscreen=1.0)
+        image0, mask0, text0 = world.training_example(np.random.default_rng(seed), full_mask=0.25, offscreen=0.0)
+        assert np.array_equal(np.asarray(image), np.asarray(image0))
+        assert np.array_equal(np.asarray(mask), np.asarray(mask0))
+        named, seen = phrases(text), phrases(text0)
+        extra = list(named)
+        for phrase in seen:  # every shape in the picture is still named
+            extra.remove(phrase)
+        assert 1 <= len(extra) <= 2
+        for phrase in extra:
+            _, color, shape = phrase.split(" ")
+            assert color in world.COLORS and shape in world.SHAPES
+    # (offscreen = 0 drawing nothing more is the full-mask test's hand-built stream above)
+    shares = []
+    for seed in range(300):
+        text = world.training_example(np.random.default_rng(seed), offscreen=0.3)[2]
+        text0 = world.training_example(np.random.default_rng(seed), offscreen=0.0)[2]
+        shares.append(len(phrases(text)) > len(phrases(text0)))
+    assert 0.22 < np.mean(shares) < 0.38  # 30 % ± about 3 standard errors (binomial, n = 300)
+
+
+def test_deepened_unet_keeps_the_trained_blocks_and_has_stable_diffusions_grids():
+    import torch
+
+    from hdpainter.toy import train
+
+    torch.manual_seed(1)
+    small = train.make_unet(3)
+    deep, new = train.deepen_unet(small, seed=2)
+    assert train.unet_levels(deep) == 4 and deep.config.down_block_types[-1] == "DownBlock2D"
+    old, state = small.state_dict(), deep.state_dict()
+    assert {".".join(n.split(".")[:3]) for n in new} == {
+        "down_blocks.2.downsamplers",
+        "down_blocks.3.resnets",
+        "up_blocks.0.resnets",
+        "up_blocks.0.upsamplers",
+    }
+    for name, value in state.items():
+        if name in new:
+            continue
+        source = name
+        if name.startswith("up_blocks."):
+            index, rest = name[len("up_blocks.") :].split(".", 1)
+            source = f"up_blocks.{int(index) - 1}.{rest}"
+        assert torch.equal(value, old[source]), name
+    torch.manual_seed(2)
+    fresh = train.make_unet(4).state_dict()  # the new parts are make_unet(4)'s own initialisation under the seed
+    assert all(torch.equal(state[n], fresh[n]) for n in new)
+    # cross-attention grids on a 256 px input (a 32×32 latent): H/16 (16×16) and H/32 (8×8) three layers each, and
+    # the middle block's at H/64 (4×4), which PAIntA and RASG leave alone
+    seen = []
+
+    class Grids(torch.nn.Module):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):
+            if encoder_hidden_states is not None:
+                seen.append(hidden_states.shape[1])
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, **kwargs)
+
+    deep.set_attn_processor(Grids())
+    with torch.no_grad():
+        deep(torch.zeros(1, 9, 32, 32), 10, encoder_hidden_states=torch.zeros(1, 5, 64))
+    assert sorted(seen) == [16, 64, 64, 64, 256, 256, 256]
+    assert train.unet_multiple(3) == 32 and train.unet_multiple(4) == 64
+    with pytest.raises(ValueError):
+        train.deepen_unet(deep)
+
+
 # ---- the training script ------------------------------------------------------------------------------------
 
 
@@ -266,6 +341,19 @@ def test_training_cli_takes_one_source_of_the_autoencoder(tmp_path):
         train.main(["--out", str(tmp_path), "--full-mask", "0.25"])
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path), "--data", "captions", "--full-mask", "1.5"])
+    with pytest.raises(SystemExit):  # captions naming unseen shapes, likewise
+        train.main(["--out", str(tmp_path), "--offscreen", "0.5"])
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--data", "captions", "--offscreen", "-0.1"])
+    with pytest.raises(SystemExit):  # 4 levels halve the latent three times: crops are multiples of 64
+        train.main(["--out", str(tmp_path), "--levels", "4", "--crop", "160"])
+    with pytest.raises(SystemExit):  # a folder that holds no toy model is a parser error, not a traceback
+        train.main(["--out", str(tmp_path), "--resume", str(tmp_path / "none")])
+    deep = tmp_path / "deep" / "unet"
+    deep.mkdir(parents=True)
+    (deep / "config.json").write_text('{"block_out_channels": [48, 96, 128, 128]}')
+    with pytest.raises(SystemExit):  # a 4-level model does not go back to 3
+        train.main(["--out", str(tmp_path), "--resume", str(tmp_path / "deep"), "--levels", "3"])
 
 
 def test_training_inputs_are_built_as_the_pipeline_builds_them():

@@ -18,7 +18,14 @@ on inpainting examples of one of two kinds (`--data`):
   captions of shapes the mask does not cover teach it, as they teach real models, to continue the context
   rather than follow the prompt. `--full-mask S` masks the whole scene in a share S of these examples, as
   Stable Diffusion's inpainting models were trained (S = 0.25): text-to-image examples, in which each named
-  shape is drawn somewhere and only its words can say where.
+  shape is drawn somewhere and only its words can say where. `--offscreen S` makes a share S of the captions
+  name 1–2 shapes more that are not in the picture, as a photo's caption names what a training crop cut off:
+  a named shape that cannot be seen is then not always under the mask, which is what teaches real inpainting
+  models to continue the context instead of following the prompt.
+
+`--levels 4` gives the UNet Stable Diffusion's layout (a plain H/64 level under H/32, holding the middle
+block) instead of the shipped model's 3 levels, where H/32 is the bottleneck; with `--resume` it deepens a
+3-level model, keeping every trained block (`deepen_unet`).
 
 10 % of prompts are dropped for classifier-free guidance. The UNet's inputs
 are built exactly as the pipeline builds them at inference (mask dilated by one pixel, its latent-grid
@@ -59,7 +66,6 @@ from . import world
 
 LATENT_SCALE = 8
 DROP_PROMPT = 0.1  # classifier-free guidance: the share of examples trained without their prompt
-UNET_MULTIPLE = 32  # pixel sizes the UNet takes: latent × 4 (two downsamplings)
 CHECK_STEPS = 20  # the quick faithfulness check's sampling steps
 # Held-out draws, far from the small training seeds (--seed): validation losses, autoencoder fidelity, final check
 VALIDATION_SEED, FIDELITY_SEED, CHECK_SEED = 2_000_003, 2_000_011, 2_000_017
@@ -68,10 +74,10 @@ AE_WARMUP, UNET_WARMUP = 0.05, 0.03  # shares of each phase's steps with a linea
 ENCODE_CHUNK = 32  # examples encoded at once when a replay pool is filled
 
 
-def make_components(seed: int = 0) -> dict:
-    """The untrained toy model: VAE, text encoder, tokenizer, UNet, DDIM scheduler."""
+def make_components(seed: int = 0, levels: int = 3) -> dict:
+    """The untrained toy model: VAE, text encoder, tokenizer, UNet (make_unet), DDIM scheduler."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..testing import make_tokenizer
@@ -104,18 +110,7 @@ def make_components(seed: int = 0) -> dict:
         norm_num_groups=8,
         sample_size=world.SIZE,
     )
-    unet = UNet2DConditionModel(
-        sample_size=world.SIZE // LATENT_SCALE,
-        in_channels=9,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(48, 96, 128),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),  # H/8, H/16, H/32
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=4,
-        norm_num_groups=16,
-    )
+    unet = make_unet(levels)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -126,6 +121,77 @@ def make_components(seed: int = 0) -> dict:
         prediction_type="v_prediction",
     )
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+LEVELS = (3, 4)  # --levels: the UNet's resolution levels
+
+
+def make_unet(levels: int = 3):
+    """The toy UNet (untrained; seed torch first). With 3 levels (the shipped model's), H/8 without attention, then
+    H/16 and H/32 with cross-attention, and the middle block at H/32. With 4, Stable Diffusion's layout: a plain
+    H/64 level below those, holding the middle block, so that H/32 is not the bottleneck (in SD the H/32 maps are
+    the ones that localise words; its bottleneck's, like the 3-level toy's H/32, hardly do)."""
+    from diffusers import UNet2DConditionModel
+
+    if levels not in LEVELS:
+        raise ValueError(f"the toy UNet has {' or '.join(map(str, LEVELS))} levels, not {levels}")
+    extra = levels - 3
+    return UNet2DConditionModel(
+        sample_size=world.SIZE // LATENT_SCALE,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(48, 96, 128) + (128,) * extra,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D") + ("DownBlock2D",) * extra,
+        up_block_types=("UpBlock2D",) * extra + ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def unet_levels(unet) -> int:
+    return len(unet.config.block_out_channels)
+
+
+def unet_multiple(levels: int) -> int:
+    """Pixel sizes a UNet of `levels` levels takes: the latent halves levels − 1 times."""
+    return LATENT_SCALE * 2 ** (levels - 1)
+
+
+def saved_unet_levels(folder: str | Path) -> int | None:
+    """The UNet levels of a saved toy model, from its config alone (None if there is none to read)."""
+    try:
+        config = json.loads((Path(folder) / "unet" / "config.json").read_text())
+        return len(config["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def deepen_unet(unet, seed: int = 0):
+    """A 4-level UNet (make_unet(4)) that starts from a trained 3-level one: every block keeps its trained weights
+    (the 3-level model's up blocks become up blocks 1–3, its middle block moves down a level), and what is new
+    (the H/64 level, its up block, the H/32 downsampler) starts as make_unet(4) initialises it under `seed`.
+    Returns (UNet, names of the parameters that start new)."""
+    import torch
+
+    if unet_levels(unet) != 3:
+        raise ValueError(f"deepen_unet takes a 3-level toy UNet, not one of {unet_levels(unet)} levels")
+    torch.manual_seed(seed)
+    deeper = make_unet(4)
+    old = unet.state_dict()
+    state, new = deeper.state_dict(), []
+    for name, value in state.items():
+        source = name
+        if name.startswith("up_blocks."):
+            index, rest = name[len("up_blocks.") :].split(".", 1)
+            source = f"up_blocks.{int(index) - 1}.{rest}" if index != "0" else ""
+        if source in old and old[source].shape == value.shape:
+            state[name] = old[source]
+        else:
+            new.append(name)
+    deeper.load_state_dict(state)
+    return deeper.to(unet.dtype), new
 
 
 def to_tensor(images):
@@ -194,14 +260,15 @@ def single_prompt_example(rng: np.random.Generator):
     return scene.image, world.box_mask(shape.box, grow=int(rng.integers(2, 25))), shape.prompt
 
 
-def inpainting_example(rng: np.random.Generator, data: str = "single", full_mask: float = 0.0):
+def inpainting_example(rng: np.random.Generator, data: str = "single", full_mask: float = 0.0, offscreen: float = 0.0):
     """(scene image, mask, prompt) of `data`: "single" (single_prompt_example) or "captions"
     (hdpainter.toy.world.training_example): 2–4 shapes, a mask over a shape (45 %), part of one (15 %), empty
     background (20 %; a blob when no free box fits, in about a sixth of these scenes) or a random blob (20 %),
     and the caption of the whole scene, as real inpainting models are trained (captions of whole images, random
-    masks), a `full_mask` share of them masking the whole scene."""
+    masks), a `full_mask` share of them masking the whole scene and an `offscreen` share of the captions naming
+    shapes beyond the picture too."""
     if data == "captions":
-        return world.training_example(rng, full_mask=full_mask)
+        return world.training_example(rng, full_mask=full_mask, offscreen=offscreen)
     if data != "single":
         raise ValueError(f"unknown training data {data!r}: one of {', '.join(DATA)}")
     return single_prompt_example(rng)
@@ -274,14 +341,20 @@ class ExamplePool:
 
 
 def encode_examples(
-    components, count: int, crop: int, rng: np.random.Generator, data: str = "single", full_mask: float = 0.0
+    components,
+    count: int,
+    crop: int,
+    rng: np.random.Generator,
+    data: str = "single",
+    full_mask: float = 0.0,
+    offscreen: float = 0.0,
 ) -> dict:
     """`count` fresh examples as the UNet needs them: x0 = E(image) and E(masked image) (posterior means ×
     scaling factor), the latent-grid mask and the prompt's token ids."""
     import torch
 
     vae, tokenizer = components["vae"], components["tokenizer"]
-    examples = [inpainting_example(rng, data, full_mask) for _ in range(count)]
+    examples = [inpainting_example(rng, data, full_mask, offscreen) for _ in range(count)]
     pixels, masked, grid = unet_inputs(examples, crop, rng)
     with torch.no_grad():
         both = vae.encode(torch.cat([pixels, masked])).latent_dist.mean * vae.config.scaling_factor
@@ -433,6 +506,7 @@ def train_inpainting(
     data: str = "single",
     max_steps: int | None = None,
     full_mask: float = 0.0,
+    offscreen: float = 0.0,
 ) -> tuple[list[float], list[float]]:
     """Text encoder and UNet, with the vae frozen; the components end up holding the EMA weights. Returns the
     training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after.
@@ -444,7 +518,7 @@ def train_inpainting(
     unet, text_encoder = components["unet"], components["text_encoder"]
     components["vae"].eval().requires_grad_(False)
     held_out = encode_examples(
-        components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED), data, full_mask
+        components, validation, world.SIZE, np.random.default_rng(VALIDATION_SEED), data, full_mask, offscreen
     )
 
     def validation_loss() -> float:
@@ -473,9 +547,9 @@ def train_inpainting(
             pool = ExamplePool(pool_size)
             while pool.size < pool_size:
                 chunk = min(ENCODE_CHUNK, pool_size - pool.size)
-                pool.add(encode_examples(components, chunk, size, rng, data, full_mask))
+                pool.add(encode_examples(components, chunk, size, rng, data, full_mask, offscreen))
             log(f"step {step + 1}: a pool of {pool_size} examples at {size} px")
-        pool.add(encode_examples(components, refresh, size, rng, data, full_mask))
+        pool.add(encode_examples(components, refresh, size, rng, data, full_mask, offscreen))
         loss = denoising_loss(
             components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT
         )
@@ -603,6 +677,22 @@ def main(argv: list[str] | None = None) -> int:
         help="with --data captions: the share of examples that mask the whole scene (text-to-image examples; "
         "Stable Diffusion's inpainting training used 0.25)",
     )
+    parser.add_argument(
+        "--offscreen",
+        type=float,
+        default=0.0,
+        help="with --data captions: the share of captions that also name 1-2 shapes beyond the picture (as captions "
+        "of photos name what a training crop cut off): the cause of prompt neglect",
+    )
+    parser.add_argument(
+        "--levels",
+        type=int,
+        choices=LEVELS,
+        default=None,
+        help="UNet levels: 3 (the shipped model's; H/32 is the bottleneck) or 4 (Stable Diffusion's layout, a plain "
+        "H/64 level below H/32); with --resume, 4 deepens a 3-level model (deepen_unet); default: 3, or the "
+        "resumed model's",
+    )
     parser.add_argument("--steps", type=int, default=4000, help="inpainting steps")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many steps (schedules stay planned for --steps)"
@@ -610,7 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument(
-        "--crop", type=int, default=160, help=f"inpainting crops around the mask (px, a multiple of {UNET_MULTIPLE})"
+        "--crop",
+        type=int,
+        default=160,
+        help="inpainting crops around the mask (px, a multiple of 32 with 3 UNet levels, of 64 with 4)",
     )
     parser.add_argument(
         "--full-share", type=float, default=0.15, help="share of the inpainting steps, at the end, on whole scenes"
@@ -647,14 +740,24 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 when the CPU is shared)"
     )
     args = parser.parse_args(argv)
-    if args.crop % UNET_MULTIPLE or not UNET_MULTIPLE <= args.crop <= world.SIZE:
-        parser.error(f"--crop must be a multiple of {UNET_MULTIPLE} in {UNET_MULTIPLE}..{world.SIZE}")
     if args.ae_crop % LATENT_SCALE or not LATENT_SCALE <= args.ae_crop <= world.SIZE:
         parser.error(f"--ae-crop must be a multiple of {LATENT_SCALE} in {LATENT_SCALE}..{world.SIZE}")
-    if args.full_mask and args.data != "captions" or not 0 <= args.full_mask <= 1:
-        parser.error("--full-mask is a share in 0..1 and goes with --data captions")
+    for flag, share in (("--full-mask", args.full_mask), ("--offscreen", args.offscreen)):
+        if share and args.data != "captions" or not 0 <= share <= 1:
+            parser.error(f"{flag} is a share in 0..1 and goes with --data captions")
     if args.resume and args.autoencoder:
         parser.error("--resume already keeps the saved model's autoencoder: give one of --resume, --autoencoder")
+    levels = args.levels or 3
+    if args.resume:
+        saved = saved_unet_levels(args.resume)
+        if saved is None:
+            parser.error(f"--resume {args.resume}: no toy model there (no readable unet/config.json)")
+        if args.levels is not None and args.levels < saved:
+            parser.error(f"--levels {args.levels}: {args.resume} has a {saved}-level UNet, which only deepens to 4")
+        levels = args.levels or saved
+    multiple = unet_multiple(levels)
+    if args.crop % multiple or not multiple <= args.crop <= world.SIZE:
+        parser.error(f"--crop must be a multiple of {multiple} in {multiple}..{world.SIZE} with {levels} UNet levels")
     if not 1 <= args.refresh <= args.pool:
         parser.error("--refresh must be at least 1 and at most --pool")
     if args.threads:
@@ -672,13 +775,16 @@ def main(argv: list[str] | None = None) -> int:
         components = load_components(args.resume)
         std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
         log(f"resumed from {args.resume}: the autoencoder is kept, the inpainting phase goes on")
+        if levels != unet_levels(components["unet"]):
+            components["unet"], new = deepen_unet(components["unet"], args.seed)
+            log(f"deepened to Stable Diffusion's 4 levels; {len(new)} new parameter tensors")
     elif args.autoencoder:
-        components = make_components(args.seed)
+        components = make_components(args.seed, levels)
         components["vae"] = load_components(args.autoencoder)["vae"]
         std, ae_losses, ae_val = 1.0 / components["vae"].config.scaling_factor, [], []
         log(f"the autoencoder of {args.autoencoder}; a new UNet and text encoder")
     else:
-        components = make_components(args.seed)
+        components = make_components(args.seed, levels)
         std, ae_losses, ae_val = train_autoencoder(
             components["vae"], args.ae_steps, args.ae_batch, rng, log, args.ae_crop, shapes=scene_shapes(args.data)
         )
@@ -707,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data,
         max_steps=args.max_steps,
         full_mask=args.full_mask,
+        offscreen=args.offscreen,
     )
     save(components, out)
     check = faithfulness_check(components, args.check, placements=case_placements(args.data)) if args.check else {}

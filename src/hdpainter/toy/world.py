@@ -28,6 +28,7 @@ SQUARE_FILL, CIRCLE_FILL = 0.89, 0.64  # fill-ratio boundaries: square above, ci
 TRAIN_SHAPES = (2, 4)  # shapes per training scene
 MASK_KINDS = ("object", "part", "background", "blob")  # training masks, drawn with MASK_SHARES
 MASK_SHARES = (0.45, 0.15, 0.2, 0.2)
+OFFSCREEN = (1, 2)  # shapes a caption names beyond the picture, when it names any (training_example's offscreen)
 PART_MARGIN = 4  # a part-of-shape mask reaches this many px beyond the shape on its three other sides
 # where a held-out case's mask lies; the first three ask for a shape absent from the scene, the last for the
 # shape under the mask (the prompt names only it, the scene holds others)
@@ -175,21 +176,35 @@ def random_mask(rng: np.random.Generator, scene: Scene, kind: str, size: int = S
 
 
 def training_example(
-    rng: np.random.Generator, size: int = SIZE, full_mask: float = 0.0
+    rng: np.random.Generator, size: int = SIZE, full_mask: float = 0.0, offscreen: float = 0.0
 ) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
     """(image, mask, caption) as real inpainting training sees them: a scene of TRAIN_SHAPES shapes, a mask of a
     random kind, and the whole scene's caption whatever the mask covers. A `full_mask` share of the examples
     mask the whole image, as Stable Diffusion's inpainting models were trained ("in 25 % mask everything"):
     text-to-image examples, where each named shape has to be drawn somewhere, which its words can only steer by
     attending where it is drawn. With `full_mask` 0 no extra random number is drawn (the earlier examples
-    exactly)."""
+    exactly).
+
+    An `offscreen` share of the captions also name OFFSCREEN shapes that are not in the picture, as a photo's
+    caption names what a training crop cut off: then a named shape that cannot be seen is not always under the
+    mask, and the model learns, as real inpainting models do, that continuing the context is often right even
+    when the caption names something it cannot see (prompt neglect). With `offscreen` 0 no extra random number
+    is drawn."""
     scene = random_scene(rng, size, count=TRAIN_SHAPES)
     if full_mask and rng.random() < full_mask:
         mask = PIL.Image.new("L", (size, size), 255)
     else:
         kind = MASK_KINDS[int(rng.choice(len(MASK_KINDS), p=MASK_SHARES))]
         mask = random_mask(rng, scene, kind, size)
-    return scene.image, mask, caption(scene.shapes, rng)
+    named = scene.shapes
+    if offscreen and rng.random() < offscreen:
+        named = named + offscreen_shapes(rng, int(rng.integers(OFFSCREEN[0], OFFSCREEN[1] + 1)))
+    return scene.image, mask, caption(named, rng)
+
+
+def offscreen_shapes(rng: np.random.Generator, count: int) -> list[Shape]:
+    """`count` shapes of random colour and kind that are not drawn (their position is left at 0: unused)."""
+    return [Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), 0, 0, 0) for _ in range(count)]
 
 
 def classify(image: PIL.Image.Image, mask: PIL.Image.Image | None = None) -> tuple[str | None, str | None]:

@@ -12,7 +12,9 @@ in the mask; the table gives accuracy (colour, shape, both) with Wilson 95 % int
 comparison with the baseline on the same cases (cases won / lost, exact sign-test p), and
 the cross-attention in-mask / out-of-mask ratio of the prompt's tokens at H/16 and H/32: the result is
 encoded, noised to t = 500 (fixed noise) and passed once through the UNet, whose cross-attention
-probabilities (softmax over the prompt's tokens ind(τ)) are averaged over heads and layers of each grid;
+probabilities (softmax over the prompt's tokens ind(τ)) are averaged over heads and layers of each grid
+(the same probe on each case's ideal completion, the prompted shape drawn in the mask, says whether the words
+localise apart from whether the model drew what they say);
 rows.json also keeps the prompt tokens' share of all cross-attention (the rest goes to SOT and padding) and each
 layer's ratio (`layers16`, `layers32`, in the UNet's call order: down, middle, up).
 """
@@ -151,6 +153,9 @@ def run(
 
     pipe = HDPainterPipeline.from_pretrained(resolve(model), torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    # the probe on the answer a faithful model would give: whether the words localise apart from whether the
+    # model draws what they say (the probe on a neglecting model's result has no prompted shape to attend to)
+    ideal = {c.index: attention_ratio(pipe, world.ideal_completion(c), c.mask, c.prompt) for c in cases}
     rows = []
     total, started = len(cases) * len(scales) * len(methods), time.perf_counter()
     for scale in scales:
@@ -194,6 +199,8 @@ def run(
                             "share32": shares.get(32),
                             "layers16": layers.get(16),
                             "layers32": layers.get(32),
+                            "ideal16": ideal[case.index].get(16),
+                            "ideal32": ideal[case.index].get(32),
                         }
                     )
                 if progress:
@@ -240,6 +247,14 @@ def table(rows: list[dict], methods=METHODS) -> str:
             f"| {method} | {pct([r['color'] for r in mine])} | {pct([r['shape'] for r in mine])} | "
             f"{pct([r['both'] for r in mine])} | {versus} | {r16:.2f} | {r32:.2f} | {len(mine)} |"
         )
+    ideal = {r["case"]: (r["ideal16"], r["ideal32"]) for r in rows if r.get("ideal16") is not None}
+    if ideal:
+        i16, i32 = np.mean(list(ideal.values()), axis=0)
+        lines += [
+            "",
+            f"On the ideal completions (the prompted shape drawn in the mask), {len(ideal)} cases: attn in/out "
+            f"H/16 {i16:.2f}, H/32 {i32:.2f}.",
+        ]
     scales = sorted({r["scale"] for r in rows})
     placements = [p for p in PLACEMENTS if any(r["placement"] == p for r in rows)]
     lines += [

@@ -101,6 +101,25 @@ def shape_pixels(shape: world.Shape) -> np.ndarray:
     return np.asarray(canvas) > 0
 
 
+def test_ideal_completion_holds_the_prompted_shape_and_keeps_the_rest():
+    for case in world.neglect_cases(16):
+        ideal = world.ideal_completion(case)
+        inside = np.asarray(case.mask) > 127
+        assert world.classify(ideal, case.mask) == (case.color, case.shape), case.placement
+        assert np.array_equal(np.asarray(ideal)[~inside], np.asarray(case.image)[~inside])
+        rgb = np.asarray(ideal, np.int32)[inside]
+        saturated = rgb.max(-1) - rgb.min(-1) > world.SATURATION  # the only saturated pixels: the prompted colour
+        assert (np.abs(rgb[saturated] - world.COLORS[case.color]).max(-1) <= 1).all()
+        # the rest of each masked row is that row's mean unmasked background
+        original, filled = np.asarray(case.image, np.float64), np.asarray(ideal, np.int32)
+        for y in np.nonzero(inside.any(1))[0][::7]:
+            row = original[y][~inside[y]]
+            background = row[row.max(-1) - row.min(-1) <= world.SATURATION].mean(0)
+            mine = filled[y][inside[y]]
+            mine = mine[mine.max(-1) - mine.min(-1) <= world.SATURATION]
+            assert len(mine) and (np.abs(mine - background) <= 0.5 + 1e-9).all()
+
+
 def test_captions_name_every_shape_of_the_scene_in_random_order():
     import re
 
@@ -589,6 +608,22 @@ def test_benchmark_plumbing_and_table():
                 np.mean(r["layers32"])
             )
         assert all(r["both"] == (r["color"] and r["shape"]) for r in mine)
+    # the probe on each case's ideal completion: one value per case, whatever the method, in the table's line
+    from types import SimpleNamespace
+
+    from hdpainter.models import resolve
+    from hdpainter.toy.train import load_components
+
+    pipe = SimpleNamespace(**load_components(resolve("toy")))
+    ideal = []
+    for case in world.neglect_cases(3):
+        expected = bench.attention_ratio(pipe, world.ideal_completion(case), case.mask, case.prompt)
+        mine = {(r["ideal16"], r["ideal32"]) for r in rows if r["case"] == case.index}
+        ((i16, i32),) = mine
+        assert i16 == pytest.approx(expected[16], rel=1e-5) and i32 == pytest.approx(expected[32], rel=1e-5)
+        ideal.append((i16, i32))
+    i16, i32 = np.mean(ideal, axis=0)
+    assert f"3 cases: attn in/out H/16 {i16:.2f}, H/32 {i32:.2f}." in markdown
 
 
 def test_paired_comparison_counts_shared_cases_and_sign_test():

@@ -262,6 +262,26 @@ class NeglectCase:
     placement: str
 
 
+def ideal_completion(case: NeglectCase) -> PIL.Image.Image:
+    """The answer a faithful model would give: the mask filled with the background (each row's mean over its
+    unmasked, unsaturated pixels: the background is a vertical gradient) and the prompted shape drawn at the
+    mask's centre, 6 px inside its box. Pixels outside the mask are the case's own."""
+    rgb = np.asarray(case.image.convert("RGB"), dtype=np.float64).copy()
+    inside = np.asarray(case.mask.convert("L")) > 127
+    plain = (rgb.max(-1) - rgb.min(-1) <= SATURATION) & ~inside
+    ys, xs = np.nonzero(inside)
+    everywhere = rgb[plain].mean(0)
+    for y in range(ys.min(), ys.max() + 1):
+        row = plain[y]
+        rgb[y, inside[y]] = rgb[y, row].mean(0) if row.any() else everywhere
+    image = PIL.Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    r = int(min(x1 - x0, y1 - y0)) // 2 - 6
+    shape = Shape(case.shape, case.color, int(x0 + x1) // 2, int(y0 + y1) // 2, r)
+    draw_shape(ImageDraw.Draw(image), shape, COLORS[case.color])
+    return image
+
+
 def neglect_cases(count: int, seed: int = CASE_SEED, placements: tuple[str, ...] = PLACEMENTS) -> list[NeglectCase]:
     """`count` cases, `placements` in turn: mask on empty background, touching a shape's box, or covering a shape,
     with a prompt whose colour and shape both differ from every shape in the scene; or ("masked object") covering

@@ -608,6 +608,7 @@ def test_benchmark_plumbing_and_table():
                 np.mean(r["layers32"])
             )
         assert all(r["both"] == (r["color"] and r["shape"]) for r in mine)
+        assert all(r["rasg_grid"] == 32 for r in mine)  # RASG reads the paper's H/32 unless --rasg-grid says
     # the probe on each case's ideal completion: one value per case, whatever the method, in the table's line
     from types import SimpleNamespace
 

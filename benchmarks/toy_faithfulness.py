@@ -2,6 +2,7 @@
 
     python benchmarks/toy_faithfulness.py [--cases 36] [--scales 1.5,3,7.5] [--steps 50] [--model toy]
         [--rasg-grid 32] [--out DIR]
+    python benchmarks/toy_faithfulness.py --probe-only 1,2 [--cases 36] [--model toy]
 
 Held-out cases (seeds apart from training's) built to provoke prompt neglect: the prompt asks for a
 colour and shape that differ from every shape in the scene, and the mask lies on empty background,
@@ -100,9 +101,10 @@ def attention_ratio(
     ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
     index = prompt_token_indices(ids, ids, tok.eos_token_id)
     binary = np.asarray(mask) > 127
+    size = binary.shape[0]  # square: the world's 256 px, or an upscaled case (ideal_probe)
     masks = {}
     for divisor in (16, 32):
-        side = world.SIZE // divisor
+        side = size // divisor
         masks[side] = binary.reshape(side, divisor, side, divisor).mean((1, 3)).reshape(-1) > 0.5
     probe = AttentionProbe(index, masks)
     with torch.no_grad():
@@ -127,10 +129,35 @@ def attention_ratio(
         finally:
             pipe.unet.set_attn_processor(processors)
     if shares is not None:
-        shares.update({world.SIZE // side: float(np.mean(v)) for side, v in probe.shares.items()})
+        shares.update({size // side: float(np.mean(v)) for side, v in probe.shares.items()})
     if layers is not None:
-        layers.update({world.SIZE // side: list(v) for side, v in probe.ratios.items()})
-    return {world.SIZE // side: float(np.mean(v)) for side, v in probe.ratios.items()}
+        layers.update({size // side: list(v) for side, v in probe.ratios.items()})
+    return {size // side: float(np.mean(v)) for side, v in probe.ratios.items()}
+
+
+def ideal_probe(cases: list[NeglectCase], model: str = "toy", upscale: int = 1) -> dict[int, float]:
+    """{16: ratio, 32: ratio}, the mean over `cases` of the probe on their ideal completions, the image (bicubic)
+    and mask (nearest) enlarged `upscale` times first: at 512 px, H/32 is a 16×16 grid instead of 8×8, so this
+    asks whether a model's H/32 layers fail to localise for want of cells (no generation is run)."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from hdpainter.models import resolve
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        resolve(model), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
+    side = world.SIZE * upscale
+    ratios = [
+        attention_ratio(
+            pipe,
+            world.ideal_completion(c).resize((side, side), PIL.Image.BICUBIC),
+            c.mask.resize((side, side), PIL.Image.NEAREST),
+            c.prompt,
+        )
+        for c in cases
+    ]
+    return {d: float(np.mean([r[d] for r in ratios])) for d in (16, 32)}
 
 
 def run(
@@ -309,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=(16, 32),
         help="the grid RASG reads: 32 (H/32, the paper's) or 16 (an ablation)",
     )
+    parser.add_argument(
+        "--probe-only",
+        default=None,
+        metavar="UPSCALES",
+        help="no generation: the probe on the cases' ideal completions, enlarged by each factor given "
+        "(comma-separated, e.g. 1,2: 2 makes H/32 a 16×16 grid)",
+    )
     parser.add_argument("--batch", type=int, default=12, help="cases per pipeline call")
     parser.add_argument("--out", default=None, help="folder for rows.json and table.md")
     args = parser.parse_args(argv)
@@ -319,6 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     if not placements or set(placements) - set(PLACEMENTS):
         parser.error(f"--placements: some of {', '.join(PLACEMENTS)}")
     cases = neglect_cases(args.cases, placements=placements)
+    if args.probe_only:
+        try:
+            upscales = [int(v) for v in args.probe_only.split(",")]
+        except ValueError:
+            upscales = []
+        if not upscales or min(upscales) < 1:
+            parser.error("--probe-only takes whole enlargement factors ≥ 1, comma-separated (e.g. 1,2)")
+        print("| working size | ideal completions: attn in/out H/16 | H/32 | n |\n|---|---|---|---|")
+        for upscale in upscales:
+            r = ideal_probe(cases, args.model, upscale)
+            print(f"| {world.SIZE * upscale} | {r[16]:.2f} | {r[32]:.2f} | {len(cases)} |")
+        return 0
     started = time.perf_counter()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

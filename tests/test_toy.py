@@ -627,6 +627,34 @@ def test_benchmark_plumbing_and_table():
     assert f"3 cases: attn in/out H/16 {i16:.2f}, H/32 {i32:.2f}." in markdown
 
 
+def test_ideal_probe_averages_the_probe_on_enlarged_ideal_completions():
+    from types import SimpleNamespace
+
+    import PIL.Image
+
+    from hdpainter.models import resolve
+    from hdpainter.toy.train import load_components
+
+    bench = load_benchmark()
+    cases = world.neglect_cases(2)
+    pipe = SimpleNamespace(**load_components(resolve("toy")))
+    for upscale in (1, 2):
+        side = world.SIZE * upscale
+        by_case = []
+        for c in cases:
+            image = world.ideal_completion(c).resize((side, side), PIL.Image.BICUBIC)
+            layers = {}
+            by_case.append(
+                bench.attention_ratio(
+                    pipe, image, c.mask.resize((side, side), PIL.Image.NEAREST), c.prompt, None, layers
+                )
+            )
+            # at 512 px the grids are 32×32 and 16×16: the H/32 layers are the same three (down, two up) + middle
+            assert len(layers[16]) == 3 and len(layers[32]) == 4
+        expected = {d: np.mean([r[d] for r in by_case]) for d in (16, 32)}
+        assert bench.ideal_probe(cases, "toy", upscale) == pytest.approx(expected, rel=1e-5)
+
+
 def test_paired_comparison_counts_shared_cases_and_sign_test():
     bench = load_benchmark()
 

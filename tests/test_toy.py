@@ -349,6 +349,25 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
     assert record["args"]["full_mask"] == 0.5
     unet2 = load_file(again / "unet" / "diffusion_pytorch_model.safetensors")
     assert not all(torch.equal(saved[k], unet2[k]) for k in saved)
+    # --resume --levels 4: the 3-level model deepened, trained on captions naming shapes out of view; it loads and
+    # its probe sees SD's grids (three cross-attention layers at each of H/16 and H/32)
+    deep = tmp_path / "deep"
+    common[common.index("96")] = "128"  # 4 levels: crops are multiples of 64
+    assert (
+        train.main(
+            ["--out", str(deep), "--resume", str(out), "--levels", "4", "--data", "captions"]
+            + ["--offscreen", "0.5", "--max-steps", "2", *common]
+        )
+        == 0
+    )
+    record = json.loads((deep / "training.json").read_text())
+    assert record["args"]["offscreen"] == 0.5 and record["steps_done"] == 2
+    pipe = HDPainterPipeline.from_pretrained(deep, torch_dtype=torch.float32)
+    assert train.unet_levels(pipe.unet) == 4 and train.saved_unet_levels(deep) == 4
+    layers = {}
+    case = world.neglect_cases(1)[0]
+    load_benchmark().attention_ratio(pipe, case.image, case.mask, case.prompt, None, layers)
+    assert len(layers[16]) == 3 and len(layers[32]) == 3
 
 
 def test_training_cli_takes_one_source_of_the_autoencoder(tmp_path):

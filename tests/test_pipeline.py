@@ -35,6 +35,23 @@ def conditioning(pipe, photo, prompt="a red boat", negative=""):
     return prepared, mask_latent, image_latents, cond, uncond
 
 
+def fixed_noise_latents(pipe, photo, noise, steps: int, method: str = "baseline", **options):
+    """x̂0 of "a red boat" at SIZE from the given x_T, without the reference's positive and negative prompts."""
+    return pipe(
+        "a red boat",
+        photo[0],
+        photo[1],
+        method=method,
+        num_inference_steps=steps,
+        latents=noise,
+        negative_prompt="",
+        positive_prompt="",
+        working_size=SIZE,
+        output_type="latent",
+        **options,
+    ).images
+
+
 @pytest.mark.parametrize("steps", [8, 5])  # step counts dividing 1000 (see README on the others)
 def test_baseline_equals_diffusers_inpaint_pipeline_with_ddim_trailing(pipe, photo, steps):
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
@@ -42,19 +59,9 @@ def test_baseline_equals_diffusers_inpaint_pipeline_with_ddim_trailing(pipe, pho
     prepared, mask_latent, image_latents, _, _ = conditioning(pipe, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
     seen = []
-    ours = pipe(
-        "a red boat",
-        photo[0],
-        photo[1],
-        method="baseline",
-        num_inference_steps=steps,
-        latents=noise,
-        negative_prompt="",
-        positive_prompt="",
-        working_size=SIZE,
-        output_type="latent",
-        callback_on_step_end=lambda p, i, t, tensors: seen.append(t) or tensors,
-    ).images
+    ours = fixed_noise_latents(
+        pipe, photo, noise, steps, callback_on_step_end=lambda p, i, t, tensors: seen.append(t) or tensors
+    )
     assert len(seen) == steps
 
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing", set_alpha_to_one=True)
@@ -250,23 +257,7 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     prepared, mask_latent, image_latents, cond, uncond = conditioning(pipe, photo)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(11))
     options = dict(rasg_eta=eta, rasg_sigma=variant) if method == "rasg" else dict(vanilla_scale=eta)
-
-    def latents_of(method: str, **options):
-        return pipe(
-            "a red boat",
-            photo[0],
-            photo[1],
-            method=method,
-            num_inference_steps=steps,
-            latents=noise,
-            negative_prompt="",
-            positive_prompt="",
-            working_size=SIZE,
-            output_type="latent",
-            **options,
-        ).images
-
-    ours = latents_of(method, **options)
+    ours = fixed_noise_latents(pipe, photo, noise, steps, method, **options)
 
     token_mask = pipe.token_mask(["a red boat"], ["a red boat"])
     masks = {32: torch.from_numpy(imgs.grid_mask(prepared.mask, 32, "half")).flatten()[None]}
@@ -277,7 +268,7 @@ def test_guided_sampler_matches_a_reference_style_loop(pipe, photo, method, vari
     # batched (this loop) and unbatched (ours) UNet passes sum in another order; with η = 1 and the paper's σ
     # that grows to 1.6e-4 here, with the RASG code before vanilla-guidance was added as well
     torch.testing.assert_close(ours, z, rtol=1e-3, atol=5e-4)
-    baseline = latents_of("baseline")
+    baseline = fixed_noise_latents(pipe, photo, noise, steps)
     assert (ours - baseline).abs().max() > 1e-3
 
 

@@ -220,6 +220,113 @@ def test_offscreen_captions_add_one_or_two_unseen_shapes_and_keep_the_picture():
     assert 0.22 < np.mean(shares) < 0.38  # 30 % ± about 3 standard errors (binomial, n = 300)
 
 
+def test_caption_tokens_belong_to_the_shape_they_name():
+    from hdpainter.testing import make_tokenizer
+    from hdpainter.toy import train
+
+    tok = make_tokenizer("sd1")
+    for seed in range(20):
+        _, _, named = world.captioned_example(np.random.default_rng(seed), full_mask=0.25, offscreen=0.5)
+        text = world.caption(named)
+        assert world.training_example(np.random.default_rng(seed), full_mask=0.25, offscreen=0.5)[2] == text
+        owner = train.caption_token_shapes(tok, named)
+        ids = tok(text, padding="max_length", max_length=77, truncation=True).input_ids
+        assert len(owner) == 77
+        for i, shape in enumerate(named):  # each shape's tokens, decoded, are its words
+            assert tok.decode([t for t, o in zip(ids, owner) if o == i]).strip() == shape.prompt
+        rest = tok.decode([t for t, o in zip(ids, owner) if o == -1], skip_special_tokens=True)
+        assert rest.count(",") == len(named) - 2 and rest.count("and") == 1  # 2-6 shapes: commas and one "and"
+
+
+def test_word_maps_hold_each_named_shapes_box_share_of_the_crops_latent_cells():
+    from hdpainter.testing import make_tokenizer
+    from hdpainter.toy import train
+
+    tok = make_tokenizer("sd1")
+    shapes = [
+        world.Shape("circle", "red", 50, 60, 30),  # box x 20..80, y 30..90 (end exclusive)
+        world.Shape("square", "blue", 0, 0, 0),  # named, not drawn
+        world.Shape("triangle", "green", 230, 230, 22),  # drawn, outside the crop
+    ]
+    maps = train.word_maps_of(tok, [shapes], [(16, 8)], 128)  # crop: y 16..144, x 8..136
+    assert maps["owner"].tolist() == [train.caption_token_shapes(tok, shapes)]
+    regions = maps["regions"][0].numpy()
+    assert regions.shape == (train.MAX_NAMED, 16, 16)
+    expected = np.zeros((16, 16))
+    for i in range(16):
+        for j in range(16):  # the box's overlap with the cell's 8×8 pixels, by interval arithmetic
+            dy = max(0, min(90, 16 + 8 * i + 8) - max(30, 16 + 8 * i))
+            dx = max(0, min(80, 8 + 8 * j + 8) - max(20, 8 + 8 * j))
+            expected[i, j] = dy * dx / 64
+    np.testing.assert_allclose(regions[0], expected)
+    assert not regions[1:].any()
+
+
+def test_word_attention_loss_is_tokencomposes_token_loss_on_paintas_and_rasgs_grids():
+    from hdpainter.toy import train
+
+    gen = torch.Generator().manual_seed(0)
+    owner = torch.tensor([[-1, 0, 0, 1, -1], [-1, 0, 0, 1, -1]])
+    regions = torch.zeros(2, 2, 8, 8)  # a 64 px crop: latent 8×8, H/16 4×4, H/32 2×2
+    regions[0, 0, :, :4] = 1.0  # example 0: shape 0 fills the left half; shape 1 is not in view
+    regions[1, 0] = 1.0  # example 1 is dropped (keep False)
+    probs = [torch.rand(2, n, 5, generator=gen).softmax(-1).requires_grad_() for n in (64, 16, 4, 1)]
+    loss = train.word_attention_loss(probs, owner, regions, torch.tensor([True, False]))
+    terms = []
+    for p in probs[1:3]:  # H/8 (64 cells) and H/64 (1 cell) are not PAIntA's or RASG's grids
+        a = p[0].detach().numpy()  # (n, T)
+        side = int(round(len(a) ** 0.5))
+        left = (np.arange(len(a)) % side) < side // 2
+        for token in (1, 2):
+            share = a[left, token].sum() / a[:, token].sum()
+            terms.append((1 - share) ** 2)
+    assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
+    loss.backward()
+    assert probs[0].grad is None or not probs[0].grad.any()
+    assert probs[1].grad[0, :, 1:3].abs().sum() > 0 and not probs[1].grad[1].any()
+    everyone_dropped = train.word_attention_loss(probs, owner, regions, torch.tensor([False, False]))
+    assert float(everyone_dropped) == 0.0
+
+
+def test_cross_attention_recorder_keeps_each_layers_probabilities_and_changes_nothing(tiny):
+    from hdpainter.toy import train
+
+    unet = tiny.pipeline.unet
+    x = torch.randn(1, 9, 32, 32, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    seen, plain = attn2_inputs(unet, x, text)
+    recorder = train.CrossAttentionRecorder()
+    processors = unet.attn_processors
+    unet.set_attn_processor({n: recorder if n.endswith("attn2.processor") else p for n, p in processors.items()})
+    try:
+        with torch.no_grad():
+            recorded = unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
+    finally:
+        unet.set_attn_processor(processors)
+    assert torch.allclose(plain, recorded, atol=1e-5)
+    assert len(recorder.probs) == len(seen)
+    for probs, (attn, hidden) in zip(recorder.probs, seen):
+        np.testing.assert_allclose(probs, explicit_attention(attn, hidden, text).mean(1), atol=1e-6)
+
+
+def test_denoising_loss_adds_the_weighted_word_attention_loss():
+    from hdpainter.toy import train
+
+    components = train.make_components(0)
+    batch = train.encode_examples(components, 3, 64, np.random.default_rng(0), "captions", 0.25, 0.5, True)
+    assert batch["owner"].shape == (3, 77) and batch["regions"].shape == (3, train.MAX_NAMED, 8, 8)
+    before = dict(components["unet"].attn_processors)
+    parts = {}
+    loss = train.denoising_loss(components, batch, torch.Generator().manual_seed(0), 2.0, 5.0, 0.0, 0.5, parts)
+    assert dict(components["unet"].attn_processors) == before  # the recorder is taken out again
+    plain = train.denoising_loss(components, batch, torch.Generator().manual_seed(0), 2.0, 5.0)
+    assert parts["v"] == pytest.approx(float(plain), rel=1e-5) and 0 < parts["attention"] < 1
+    assert float(loss) == pytest.approx(parts["v"] + 0.5 * parts["attention"], rel=1e-5)
+    parts = {}  # every caption dropped: no word is supervised
+    loss = train.denoising_loss(components, batch, torch.Generator().manual_seed(0), 2.0, 5.0, 1.0, 0.5, parts)
+    assert parts["attention"] == 0.0 and float(loss) == pytest.approx(parts["v"], rel=1e-6)
+
+
 def test_deepened_unet_keeps_the_trained_blocks_and_has_stable_diffusions_grids():
     import torch
 
@@ -356,12 +463,13 @@ def test_training_script_learns_and_its_checkpoint_loads(tmp_path):
     assert (
         train.main(
             ["--out", str(deep), "--resume", str(out), "--levels", "4", "--data", "captions"]
-            + ["--offscreen", "0.5", "--max-steps", "2", *common]
+            + ["--offscreen", "0.5", "--attention-loss", "0.05", "--max-steps", "2", *common]
         )
         == 0
     )
     record = json.loads((deep / "training.json").read_text())
     assert record["args"]["offscreen"] == 0.5 and record["steps_done"] == 2
+    assert len(record["attention_losses"]) == 2 and all(0 < v < 1 for v in record["attention_losses"])
     pipe = HDPainterPipeline.from_pretrained(deep, torch_dtype=torch.float32)
     assert train.unet_levels(pipe.unet) == 4 and train.saved_unet_levels(deep) == 4
     layers = {}
@@ -383,6 +491,10 @@ def test_training_cli_takes_one_source_of_the_autoencoder(tmp_path):
         train.main(["--out", str(tmp_path), "--offscreen", "0.5"])
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path), "--data", "captions", "--offscreen", "-0.1"])
+    with pytest.raises(SystemExit):  # the attention loss needs captions, whose words name shapes in the picture
+        train.main(["--out", str(tmp_path), "--attention-loss", "0.05"])
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--data", "captions", "--attention-loss", "-1"])
     with pytest.raises(SystemExit):  # 4 levels halve the latent three times: crops are multiples of 64
         train.main(["--out", str(tmp_path), "--levels", "4", "--crop", "160"])
     with pytest.raises(SystemExit):  # a folder that holds no toy model is a parser error, not a traceback
@@ -402,16 +514,16 @@ def test_training_inputs_are_built_as_the_pipeline_builds_them():
 
     rng = np.random.default_rng(3)
     examples = [train.inpainting_example(rng, data) for data in train.DATA for _ in range(3)]
-    pixels, masked, grid = train.unet_inputs(examples, world.SIZE, rng)
-    for (image, mask, _), p, m, g in zip(examples, pixels, masked, grid):
+    pixels, masked, grid, _ = train.unet_inputs(examples, world.SIZE, rng)
+    for (image, mask, *_), p, m, g in zip(examples, pixels, masked, grid):
         prepared = imgs.prepare(image, mask, world.SIZE)
         assert np.array_equal(g[0].numpy() > 0, imgs.grid_mask(prepared.mask, 8, "any"))
         expected = np.where(prepared.mask[..., None], 0.0, prepared.image / 127.5 - 1.0)
         np.testing.assert_allclose(m.permute(1, 2, 0).numpy(), expected, atol=1e-6)
         np.testing.assert_allclose(p.permute(1, 2, 0).numpy(), prepared.image / 127.5 - 1.0, atol=1e-6)
-    pixels, masked, grid = train.unet_inputs(examples, 160, np.random.default_rng(4))
+    pixels, masked, grid, origins = train.unet_inputs(examples, 160, np.random.default_rng(4))
     assert pixels.shape == (6, 3, 160, 160) and grid.shape == (6, 1, 20, 20)
-    for (image, mask, _), p, m, g in zip(examples, pixels, masked, grid):
+    for (image, mask, *_), p, m, g, origin in zip(examples, pixels, masked, grid, origins):
         prepared = imgs.prepare(image, mask, world.SIZE)
         assert int((m == 0).all(0).sum()) == prepared.mask.sum()  # the whole (dilated) mask lies inside the crop
         full = prepared.image / 127.5 - 1.0
@@ -422,6 +534,7 @@ def test_training_inputs_are_built_as_the_pipeline_builds_them():
             for x in range(0, 97, 8)
             if np.allclose(full[y : y + 160, x : x + 160], crop, atol=1e-6)
         ]
+        assert origin == (top, left)
         whole_grid = imgs.grid_mask(prepared.mask, 8, "any")  # the crop's grid is the whole mask's grid, cut
         assert np.array_equal(g[0].numpy() > 0, whole_grid[top // 8 : top // 8 + 20, left // 8 : left // 8 + 20])
 
@@ -564,21 +677,37 @@ def test_demo_command_writes_its_picture_offline(tmp_path):
 # ---- the faithfulness benchmark -------------------------------------------------------------------------------
 
 
+def attn2_inputs(unet, x, text):
+    """[(attn2 module, its input), ...] in call order, and the UNet's output, of one plain call at t = 500."""
+    seen = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0])))
+        for n, m in unet.named_modules()
+        if n.endswith("attn2")
+    ]
+    try:
+        with torch.no_grad():
+            plain = unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen, plain
+
+
+def explicit_attention(attn, hidden, text):
+    """softmax(q kᵀ / √d) per head, (B, H, n, T), written out."""
+    with torch.no_grad():
+        q = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        k = attn.to_k(text).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        return (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+
+
 def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
     bench = load_benchmark()
     pipe = tiny.pipeline
     x = torch.randn(1, 9, 32, 32, generator=torch.Generator().manual_seed(0))
     text = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
-    seen = []  # (attn2 module, its input) in call order, for an independent computation of the shares
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0])))
-        for n, m in pipe.unet.named_modules()
-        if n.endswith("attn2")
-    ]
-    with torch.no_grad():  # a 256 px latent: H/16 is 16×16, H/32 is 8×8
-        plain = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
-    for hook in hooks:
-        hook.remove()
+    seen, plain = attn2_inputs(pipe.unet, x, text)  # a 256 px latent: H/16 is 16×16, H/32 is 8×8
     with torch.no_grad():
         probe = bench.AttentionProbe([1, 2, 3], {16: np.arange(256) < 128, 8: np.arange(64) < 32})
         processors = pipe.unet.attn_processors
@@ -594,9 +723,7 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
     expected, ratios = {}, {}
     with torch.no_grad():
         for attn, hidden in seen:
-            q = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-            k = attn.to_k(text).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-            probs = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+            probs = explicit_attention(attn, hidden, text)
             side = int(round(hidden.shape[1] ** 0.5))
             if side in (16, 8):
                 p = probs[..., [1, 2, 3]].sum(-1).mean((0, 1))  # per pixel

@@ -23,6 +23,12 @@ on inpainting examples of one of two kinds (`--data`):
   a named shape that cannot be seen is then not always under the mask, which is what teaches real inpainting
   models to continue the context instead of following the prompt.
 
+`--attention-loss W` (with `--data captions`) adds W times TokenCompose's token loss (Wang et al., CVPR 2024;
+`word_attention_loss`): on the H/16 and H/32 cross-attention layers, each word of a shape in view is taught to
+attend inside that shape's box. Large models learn where their words are from billions of captioned images; a toy
+trained for an hour learns it at H/16 at best, and not at H/32, the grid RASG reads (docs/benchmarks.md). Words
+of shapes beyond the picture are left free, so the caption still names what cannot be seen.
+
 `--levels 4` gives the UNet Stable Diffusion's layout (a plain H/64 level under H/32, holding the middle
 block) instead of the shipped model's 3 levels, where H/32 is the bottleneck; with `--resume` it deepens a
 3-level model, keeping every trained block (`deepen_unet`).
@@ -261,17 +267,18 @@ def single_prompt_example(rng: np.random.Generator):
 
 
 def inpainting_example(rng: np.random.Generator, data: str = "single", full_mask: float = 0.0, offscreen: float = 0.0):
-    """(scene image, mask, prompt) of `data`: "single" (single_prompt_example) or "captions"
-    (hdpainter.toy.world.training_example): 2–4 shapes, a mask over a shape (45 %), part of one (15 %), empty
-    background (20 %; a blob when no free box fits, in about a sixth of these scenes) or a random blob (20 %),
-    and the caption of the whole scene, as real inpainting models are trained (captions of whole images, random
-    masks), a `full_mask` share of them masking the whole scene and an `offscreen` share of the captions naming
-    shapes beyond the picture too."""
+    """(scene image, mask, prompt, the shapes the prompt names in its order or None) of `data`: "single"
+    (single_prompt_example) or "captions" (hdpainter.toy.world.captioned_example): 2–4 shapes, a mask over a shape
+    (45 %), part of one (15 %), empty background (20 %; a blob when no free box fits, in about a sixth of these
+    scenes) or a random blob (20 %), and the caption of the whole scene, as real inpainting models are trained
+    (captions of whole images, random masks), a `full_mask` share of them masking the whole scene and an
+    `offscreen` share of the captions naming shapes beyond the picture too."""
     if data == "captions":
-        return world.training_example(rng, full_mask=full_mask, offscreen=offscreen)
+        image, mask, named = world.captioned_example(rng, full_mask=full_mask, offscreen=offscreen)
+        return image, mask, world.caption(named), named
     if data != "single":
         raise ValueError(f"unknown training data {data!r}: one of {', '.join(DATA)}")
-    return single_prompt_example(rng)
+    return (*single_prompt_example(rng), None)
 
 
 def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -290,15 +297,15 @@ def crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[
 
 
 def unet_inputs(examples, crop: int, rng: np.random.Generator):
-    """Pixels, masked pixels (B, 3, crop, crop) and latent-grid masks (B, 1, crop/8, crop/8) of (image, mask, _)
-    examples, cut to `crop` px around their masks; built as HDPainterPipeline builds them (docs/method.md §1), the
-    latent-grid mask from the whole mask, then cut."""
+    """Pixels, masked pixels (B, 3, crop, crop), latent-grid masks (B, 1, crop/8, crop/8) and the crops' (top,
+    left) of (image, mask, ...) examples, cut to `crop` px around their masks; built as HDPainterPipeline builds
+    them (docs/method.md §1), the latent-grid mask from the whole mask, then cut."""
     import torch
 
     from .. import images as imgs
 
-    pixels, kept, grids = [], [], []
-    for image, mask, _ in examples:
+    pixels, kept, grids, origins = [], [], [], []
+    for image, mask, *_ in examples:
         binary = imgs.dilate_cross(np.asarray(mask) > 127)
         grid = imgs.grid_mask(binary, LATENT_SCALE, "any")
         top, left = crop_origin(binary, crop, rng) if crop < binary.shape[0] else (0, 0)
@@ -306,9 +313,10 @@ def unet_inputs(examples, crop: int, rng: np.random.Generator):
         kept.append(~binary[top : top + crop, left : left + crop])
         t, l, c = top // LATENT_SCALE, left // LATENT_SCALE, crop // LATENT_SCALE  # noqa: E741 (top, left, crop)
         grids.append(grid[t : t + c, l : l + c])
+        origins.append((top, left))
     pixels = to_tensor(pixels)
     masked = pixels * torch.from_numpy(np.stack(kept))[:, None]
-    return pixels, masked, torch.from_numpy(np.stack(grids)).float()[:, None]
+    return pixels, masked, torch.from_numpy(np.stack(grids)).float()[:, None], origins
 
 
 class ExamplePool:
@@ -348,14 +356,19 @@ def encode_examples(
     data: str = "single",
     full_mask: float = 0.0,
     offscreen: float = 0.0,
+    word_maps: bool = False,
 ) -> dict:
     """`count` fresh examples as the UNet needs them: x0 = E(image) and E(masked image) (posterior means ×
-    scaling factor), the latent-grid mask and the prompt's token ids."""
+    scaling factor), the latent-grid mask and the prompt's token ids; with `word_maps` (--data captions) also
+    where each token's shape lies (word_maps)."""
     import torch
 
     vae, tokenizer = components["vae"], components["tokenizer"]
     examples = [inpainting_example(rng, data, full_mask, offscreen) for _ in range(count)]
-    pixels, masked, grid = unet_inputs(examples, crop, rng)
+    pixels, masked, grid, origins = unet_inputs(examples, crop, rng)
+    extra = {}
+    if word_maps:
+        extra = word_maps_of(tokenizer, [e[3] for e in examples], origins, crop)
     with torch.no_grad():
         both = vae.encode(torch.cat([pixels, masked])).latent_dist.mean * vae.config.scaling_factor
     ids = tokenizer(
@@ -365,7 +378,97 @@ def encode_examples(
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    return {"latents": both[:count], "masked": both[count:], "mask": grid, "ids": ids}
+    return {"latents": both[:count], "masked": both[count:], "mask": grid, "ids": ids, **extra}
+
+
+MAX_NAMED = world.TRAIN_SHAPES[1] + world.OFFSCREEN[1]  # the most shapes a training caption names
+
+
+def caption_token_shapes(tokenizer, named: list) -> list[int]:
+    """For each of the caption's `model_max_length` token ids (world.caption(named)), the index in `named` of the
+    shape whose words ("a red circle") it belongs to, or -1 (start, separators, end, padding)."""
+    ids = [tokenizer.bos_token_id]
+    owner = [-1]
+    for i, shape in enumerate(named):
+        if i:
+            gap = world.CAPTION_AND if i == len(named) - 1 else world.CAPTION_COMMA
+            piece = tokenizer(gap.strip(), add_special_tokens=False).input_ids
+            ids += piece
+            owner += [-1] * len(piece)
+        piece = tokenizer(shape.prompt, add_special_tokens=False).input_ids
+        ids += piece
+        owner += [i] * len(piece)
+    length = tokenizer.model_max_length
+    whole = tokenizer(world.caption(named), padding="max_length", max_length=length, truncation=True).input_ids
+    if whole[: len(ids)] != ids[:length]:
+        raise ValueError(f"the tokenizer splits {world.caption(named)!r} differently from its parts")
+    return (owner + [-1] * length)[:length]
+
+
+def word_maps_of(tokenizer, named: list[list], origins: list[tuple[int, int]], crop: int) -> dict:
+    """The attention loss's targets for captioned examples: "owner" (B, T), for each token the index of the shape
+    it names (caption_token_shapes) and "regions" (B, MAX_NAMED, crop/8, crop/8), the share of each latent cell of
+    the `crop`-px window at `origins` covered by each named shape's box (zero for shapes beyond the picture or
+    the window)."""
+    import torch
+
+    side = crop // LATENT_SCALE
+    owner = torch.tensor([caption_token_shapes(tokenizer, shapes) for shapes in named])
+    regions = np.zeros((len(named), MAX_NAMED, side, side), np.float32)
+    for b, (shapes, (top, left)) in enumerate(zip(named, origins)):
+        for i, shape in enumerate(shapes):
+            if shape.r:  # drawn: offscreen shapes have radius 0
+                box = np.asarray(world.box_mask(shape.box), bool)[top : top + crop, left : left + crop]
+                regions[b, i] = box.reshape(side, LATENT_SCALE, side, LATENT_SCALE).mean((1, 3))
+    return {"owner": owner, "regions": torch.from_numpy(regions)}
+
+
+class CrossAttentionRecorder:
+    """A diffusers attention processor for cross-attention (attn2) that computes softmax(q kᵀ · scale)
+    explicitly and keeps each call's probabilities, averaged over heads, (B, n, T), with their autograd graph,
+    in `probs` (for the attention loss)."""
+
+    def __init__(self):
+        self.probs: list = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        import torch
+
+        from ..attention import _output, _project
+
+        q, k, v = _project(attn, hidden_states, encoder_hidden_states)
+        weights = (torch.matmul(q, k.transpose(-1, -2)) * attn.scale).softmax(-1)  # (B, H, n, T)
+        self.probs.append(weights.mean(1))
+        return _output(attn, torch.matmul(weights, v), hidden_states)
+
+
+ATTENTION_DIVISORS = (2, 4)  # latent cells per attention cell on PAIntA's and RASG's grids, H/16 and H/32
+
+
+def word_attention_loss(probs: list, owner, regions, keep):
+    """The mean over cross-attention layers on the H/16 and H/32 grids and over the tokens of shapes in view of
+    (1 − the share of the token's attention, over the image, that falls in its shape's box)², TokenCompose's token
+    loss (Wang et al., CVPR 2024): it teaches each word to attend where its shape is, as large models learn to.
+    `owner` (B, T) and `regions` (B, S, h, w) as word_maps_of gives them; `keep` (B,) False where the caption was
+    dropped."""
+    import torch
+    import torch.nn.functional as F
+
+    latent_side = regions.shape[-1]
+    terms = []
+    for p in probs:
+        side = math.isqrt(p.shape[1])
+        divisor = latent_side // side
+        if side * side != p.shape[1] or side * divisor != latent_side or divisor not in ATTENTION_DIVISORS:
+            continue
+        cells = F.avg_pool2d(regions, divisor).flatten(2)  # (B, S, n): the box's share of each cell
+        target = torch.gather(cells, 1, owner.clamp(min=0)[..., None].expand(-1, -1, cells.shape[-1]))  # (B, T, n)
+        attention = p.transpose(1, 2)  # (B, T, n)
+        share = (attention * target).sum(-1) / attention.sum(-1).clamp_min(1e-12)
+        valid = (owner >= 0) & (target.sum(-1) > 0) & keep[:, None]
+        terms.append(((1 - share) ** 2)[valid])
+    terms = torch.cat(terms) if terms else torch.zeros(0)
+    return terms.mean() if len(terms) else terms.sum()
 
 
 def autoencoder_loss(vae, x, shape_weight: float):
@@ -464,9 +567,18 @@ def snr_weights(alphas_cumprod, t, gamma: float | None):
 
 
 def denoising_loss(
-    components, batch: dict, generator, mask_weight: float, snr_gamma: float | None, drop_prompt: float = 0.0
+    components,
+    batch: dict,
+    generator,
+    mask_weight: float,
+    snr_gamma: float | None,
+    drop_prompt: float = 0.0,
+    attention_weight: float = 0.0,
+    parts: dict | None = None,
 ):
-    """The weighted v-prediction loss on a batch of encoded examples, noise and timesteps drawn from `generator`."""
+    """The weighted v-prediction loss on a batch of encoded examples, noise and timesteps drawn from `generator`,
+    plus `attention_weight` × word_attention_loss when the batch carries word maps; `parts`, if given, receives
+    both terms ("v", "attention")."""
     import torch
 
     unet, text_encoder, tokenizer, scheduler = (
@@ -482,9 +594,27 @@ def denoising_loss(
     noisy = a.sqrt() * batch["latents"] + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * batch["latents"]  # v
     context = text_encoder(ids)[0]
-    prediction = unet(torch.cat([noisy, batch["mask"], batch["masked"]], 1), t, encoder_hidden_states=context).sample
+    recorder = None
+    if attention_weight and "owner" in batch:
+        recorder = CrossAttentionRecorder()
+        processors = unet.attn_processors
+        unet.set_attn_processor({k: recorder if k.endswith("attn2.processor") else v for k, v in processors.items()})
+    try:
+        inputs = torch.cat([noisy, batch["mask"], batch["masked"]], 1)
+        prediction = unet(inputs, t, encoder_hidden_states=context).sample
+    finally:
+        if recorder is not None:
+            unet.set_attn_processor(processors)
     weight = (1 + mask_weight * batch["mask"]) * snr_weights(scheduler.alphas_cumprod, t, snr_gamma).view(-1, 1, 1, 1)
-    return (weight * (prediction - target) ** 2).mean()
+    loss = (weight * (prediction - target) ** 2).mean()
+    if parts is not None:
+        parts["v"] = loss.item()
+    if recorder is not None:
+        words = word_attention_loss(recorder.probs, batch["owner"], batch["regions"], ~drop)
+        loss = loss + attention_weight * words
+        if parts is not None:
+            parts["attention"] = words.item()
+    return loss
 
 
 def train_inpainting(
@@ -507,11 +637,14 @@ def train_inpainting(
     max_steps: int | None = None,
     full_mask: float = 0.0,
     offscreen: float = 0.0,
+    attention_weight: float = 0.0,
+    attention_losses: list | None = None,
 ) -> tuple[list[float], list[float]]:
     """Text encoder and UNet, with the vae frozen; the components end up holding the EMA weights. Returns the
-    training losses and the loss on `validation` held-out whole-scene examples (fixed noise) before and after.
+    training losses and the (v-)loss on `validation` held-out whole-scene examples (fixed noise) before and after.
     `max_steps` stops after that many of the `steps` the schedules are planned for (as a deadline would, but
-    reproducibly)."""
+    reproducibly). With `attention_weight` (--data captions) the loss adds that much word_attention_loss, whose
+    values go to `attention_losses`."""
     import torch
     from diffusers.training_utils import EMAModel
 
@@ -538,6 +671,7 @@ def train_inpainting(
     ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True, power=3 / 4)
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     full_from = steps - int(round(full_share * steps))  # the last steps train on whole scenes
+    words = bool(attention_weight)
     pool, size = None, None
     losses = []
     started = time.monotonic()
@@ -547,12 +681,22 @@ def train_inpainting(
             pool = ExamplePool(pool_size)
             while pool.size < pool_size:
                 chunk = min(ENCODE_CHUNK, pool_size - pool.size)
-                pool.add(encode_examples(components, chunk, size, rng, data, full_mask, offscreen))
+                pool.add(encode_examples(components, chunk, size, rng, data, full_mask, offscreen, words))
             log(f"step {step + 1}: a pool of {pool_size} examples at {size} px")
-        pool.add(encode_examples(components, refresh, size, rng, data, full_mask, offscreen))
+        pool.add(encode_examples(components, refresh, size, rng, data, full_mask, offscreen, words))
+        parts = {}
         loss = denoising_loss(
-            components, pool.sample(batch, generator), generator, mask_weight, snr_gamma, DROP_PROMPT
+            components,
+            pool.sample(batch, generator),
+            generator,
+            mask_weight,
+            snr_gamma,
+            DROP_PROMPT,
+            attention_weight,
+            parts,
         )
+        if "attention" in parts and attention_losses is not None:
+            attention_losses.append(parts["attention"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -562,7 +706,8 @@ def train_inpainting(
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             rate = (time.monotonic() - started) / (step + 1)
-            log(f"inpainting {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f} ({rate:.2f} s/step)")
+            attention = f", attention {np.mean(attention_losses[-50:]):.4f}" if attention_losses else ""
+            log(f"inpainting {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f}{attention} ({rate:.2f} s/step)")
         if time.monotonic() > deadline:
             log(f"time budget reached after {step + 1} steps")
             break
@@ -685,6 +830,13 @@ def main(argv: list[str] | None = None) -> int:
         "of photos name what a training crop cut off): the cause of prompt neglect",
     )
     parser.add_argument(
+        "--attention-loss",
+        type=float,
+        default=0.0,
+        help="with --data captions: weight of a loss that teaches each word of the caption to attend, on the H/16 and "
+        "H/32 grids, where its shape is (TokenCompose's token loss), as large models learn to; 0 for none",
+    )
+    parser.add_argument(
         "--levels",
         type=int,
         choices=LEVELS,
@@ -745,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, share in (("--full-mask", args.full_mask), ("--offscreen", args.offscreen)):
         if share and args.data != "captions" or not 0 <= share <= 1:
             parser.error(f"{flag} is a share in 0..1 and goes with --data captions")
+    if args.attention_loss and args.data != "captions" or args.attention_loss < 0:
+        parser.error("--attention-loss is a weight of at least 0 and goes with --data captions")
     if args.resume and args.autoencoder:
         parser.error("--resume already keeps the saved model's autoencoder: give one of --resume, --autoencoder")
     levels = args.levels or 3
@@ -795,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = float("inf")
     if args.minutes:  # keep a minute and a half for saving and the check
         deadline = time.monotonic() + 60 * args.minutes - (time.perf_counter() - started) - (90 if args.check else 15)
+    attention_losses = []
     losses, val = train_inpainting(
         components,
         args.steps,
@@ -814,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.max_steps,
         full_mask=args.full_mask,
         offscreen=args.offscreen,
+        attention_weight=args.attention_loss,
+        attention_losses=attention_losses,
     )
     save(components, out)
     check = faithfulness_check(components, args.check, placements=case_placements(args.data)) if args.check else {}
@@ -835,6 +992,7 @@ def main(argv: list[str] | None = None) -> int:
         "first_loss": float(np.mean(losses[:100])),
         "ae_losses": [round(v, 5) for v in ae_losses],
         "losses": [round(v, 5) for v in losses],
+        "attention_losses": [round(v, 5) for v in attention_losses],
         "params": {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "unet", "text_encoder")},
     }
     (out / "training.json").write_text(json.dumps(record, indent=1))

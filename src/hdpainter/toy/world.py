@@ -29,6 +29,7 @@ TRAIN_SHAPES = (2, 4)  # shapes per training scene
 MASK_KINDS = ("object", "part", "background", "blob")  # training masks, drawn with MASK_SHARES
 MASK_SHARES = (0.45, 0.15, 0.2, 0.2)
 OFFSCREEN = (1, 2)  # shapes a caption names beyond the picture, when it names any (training_example's offscreen)
+CAPTION_COMMA, CAPTION_AND = ", ", " and "  # what a caption puts between the shapes it names
 PART_MARGIN = 4  # a part-of-shape mask reaches this many px beyond the shape on its three other sides
 # where a held-out case's mask lies; the first three ask for a shape absent from the scene, the last for the
 # shape under the mask (the prompt names only it, the scene holds others)
@@ -129,11 +130,15 @@ def free_box(rng: np.random.Generator, shapes: list[Shape], r: int, size: int = 
 
 
 def caption(shapes: list[Shape], rng: np.random.Generator | None = None) -> str:
-    """The whole scene in words, in random order when `rng` is given: "a red circle, a blue square and a green
-    triangle"."""
-    order = list(rng.permutation(len(shapes))) if rng is not None else range(len(shapes))
-    words = [shapes[int(i)].prompt for i in order]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    """The whole scene in words, in random order when `rng` is given (caption_order): "a red circle, a blue
+    square and a green triangle"."""
+    words = [shape.prompt for shape in caption_order(shapes, rng)]
+    return words[0] if len(words) == 1 else CAPTION_COMMA.join(words[:-1]) + CAPTION_AND + words[-1]
+
+
+def caption_order(shapes: list[Shape], rng: np.random.Generator | None = None) -> list[Shape]:
+    """`shapes` in the order a caption names them: a random permutation when `rng` is given, else as they are."""
+    return [shapes[int(i)] for i in rng.permutation(len(shapes))] if rng is not None else list(shapes)
 
 
 def blob_mask(rng: np.random.Generator, size: int = SIZE) -> PIL.Image.Image:
@@ -178,18 +183,26 @@ def random_mask(rng: np.random.Generator, scene: Scene, kind: str, size: int = S
 def training_example(
     rng: np.random.Generator, size: int = SIZE, full_mask: float = 0.0, offscreen: float = 0.0
 ) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
-    """(image, mask, caption) as real inpainting training sees them: a scene of TRAIN_SHAPES shapes, a mask of a
-    random kind, and the whole scene's caption whatever the mask covers. A `full_mask` share of the examples
-    mask the whole image, as Stable Diffusion's inpainting models were trained ("in 25 % mask everything"):
-    text-to-image examples, where each named shape has to be drawn somewhere, which its words can only steer by
-    attending where it is drawn. With `full_mask` 0 no extra random number is drawn (the earlier examples
-    exactly).
+    """(image, mask, caption) as real inpainting training sees them (captioned_example, the caption in words)."""
+    image, mask, named = captioned_example(rng, size, full_mask, offscreen)
+    return image, mask, caption(named)
 
-    An `offscreen` share of the captions also name OFFSCREEN shapes that are not in the picture, as a photo's
-    caption names what a training crop cut off: then a named shape that cannot be seen is not always under the
-    mask, and the model learns, as real inpainting models do, that continuing the context is often right even
-    when the caption names something it cannot see (prompt neglect). With `offscreen` 0 no extra random number
-    is drawn."""
+
+def captioned_example(
+    rng: np.random.Generator, size: int = SIZE, full_mask: float = 0.0, offscreen: float = 0.0
+) -> tuple[PIL.Image.Image, PIL.Image.Image, list[Shape]]:
+    """(image, mask, the shapes the caption names, in its order), as real inpainting training sees them: a scene
+    of TRAIN_SHAPES shapes, a mask of a random kind, and the whole scene's caption whatever the mask covers. A
+    `full_mask` share of the examples mask the whole image, as Stable Diffusion's inpainting models were trained
+    ("in 25 % mask everything"): text-to-image examples, where each named shape has to be drawn somewhere, which
+    its words can only steer by attending where it is drawn. With `full_mask` 0 no extra random number is drawn
+    (the earlier examples exactly).
+
+    An `offscreen` share of the captions also name OFFSCREEN shapes that are not in the picture (radius 0), as a
+    photo's caption names what a training crop cut off: then a named shape that cannot be seen is not always
+    under the mask, and the model learns, as real inpainting models do, that continuing the context is often
+    right even when the caption names something it cannot see (prompt neglect). With `offscreen` 0 no extra
+    random number is drawn."""
     scene = random_scene(rng, size, count=TRAIN_SHAPES)
     if full_mask and rng.random() < full_mask:
         mask = PIL.Image.new("L", (size, size), 255)
@@ -199,7 +212,7 @@ def training_example(
     named = scene.shapes
     if offscreen and rng.random() < offscreen:
         named = named + offscreen_shapes(rng, int(rng.integers(OFFSCREEN[0], OFFSCREEN[1] + 1)))
-    return scene.image, mask, caption(named, rng)
+    return scene.image, mask, caption_order(named, rng)
 
 
 def offscreen_shapes(rng: np.random.Generator, count: int) -> list[Shape]:

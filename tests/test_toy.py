@@ -266,26 +266,36 @@ def test_word_attention_loss_is_tokencomposes_token_loss_on_paintas_and_rasgs_gr
     from hdpainter.toy import train
 
     gen = torch.Generator().manual_seed(0)
-    owner = torch.tensor([[-1, 0, 0, 1, -1], [-1, 0, 0, 1, -1]])
-    regions = torch.zeros(2, 2, 8, 8)  # a 64 px crop: latent 8×8, H/16 4×4, H/32 2×2
-    regions[0, 0, :, :4] = 1.0  # example 0: shape 0 fills the left half; shape 1 is not in view
-    regions[1, 0] = 1.0  # example 1 is dropped (keep False)
-    probs = [torch.rand(2, n, 5, generator=gen).softmax(-1).requires_grad_() for n in (64, 16, 4, 1)]
+    owner = torch.tensor([[-1, 0, 0, 1, 1, 2, -1], [-1, 0, 0, 1, 1, 2, -1]])
+    regions = torch.zeros(2, 3, 8, 8)  # a 64 px crop: latent 8×8, H/16 4×4, H/32 2×2
+    regions[0, 0, :, :4] = 1.0  # example 0: shape 0 fills the left half,
+    regions[0, 1, 1:4, 5:8] = 0.5  # shape 1 half of each latent cell of a block at the right, across cells;
+    regions[1, 0] = 1.0  # shape 2 is not in view; example 1 is dropped (keep False)
+    probs = [torch.rand(2, n, 7, generator=gen).softmax(-1).requires_grad_() for n in (64, 16, 4, 1)]
     loss = train.word_attention_loss(probs, owner, regions, torch.tensor([True, False]))
+    cover = {1: np.zeros((8, 8)), 3: np.zeros((8, 8))}  # per token: each latent cell's covered share
+    cover[1][:, :4] = 1.0
+    cover[3][1:4, 5:8] = 0.5
     terms = []
     for p in probs[1:3]:  # H/8 (64 cells) and H/64 (1 cell) are not PAIntA's or RASG's grids
         a = p[0].detach().numpy()  # (n, T)
         side = int(round(len(a) ** 0.5))
-        left = (np.arange(len(a)) % side) < side // 2
-        for token in (1, 2):
-            share = a[left, token].sum() / a[:, token].sum()
+        k = 8 // side  # latent cells per attention cell across
+        for token in (1, 2, 3, 4):
+            c = cover[1 if token < 3 else 3]
+            cells = [(i, j) for i in range(side) for j in range(side)]
+            inside = np.array([c[k * i : k * (i + 1), k * j : k * (j + 1)].mean() for i, j in cells])
+            share = (a[:, token] * inside).sum() / a[:, token].sum()
             terms.append((1 - share) ** 2)
     assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
     loss.backward()
     assert probs[0].grad is None or not probs[0].grad.any()
-    assert probs[1].grad[0, :, 1:3].abs().sum() > 0 and not probs[1].grad[1].any()
+    assert probs[1].grad[0, :, 1:5].abs().sum() > 0 and not probs[1].grad[1].any()
+    assert not probs[1].grad[0, :, [0, 5, 6]].any()  # start, unseen shape, end: free
     everyone_dropped = train.word_attention_loss(probs, owner, regions, torch.tensor([False, False]))
     assert float(everyone_dropped) == 0.0
+    with pytest.raises(ValueError):  # no layer on either grid: a crop the loss cannot read
+        train.word_attention_loss([probs[0], probs[3]], owner, regions, torch.tensor([True, True]))
 
 
 def test_cross_attention_recorder_keeps_each_layers_probabilities_and_changes_nothing(tiny):
@@ -322,6 +332,19 @@ def test_denoising_loss_adds_the_weighted_word_attention_loss():
     plain = train.denoising_loss(components, batch, torch.Generator().manual_seed(0), 2.0, 5.0)
     assert parts["v"] == pytest.approx(float(plain), rel=1e-5) and 0 < parts["attention"] < 1
     assert float(loss) == pytest.approx(parts["v"] + 0.5 * parts["attention"], rel=1e-5)
+    # the attention term's gradient reaches the UNet's cross-attention and the text encoder: with a large weight
+    # the gradients move far from the v-loss's own
+    to_k = [m.to_k.weight for n, m in components["unet"].named_modules() if n.endswith("attn2")]
+    watched = [*to_k, components["text_encoder"].get_input_embeddings().weight]
+
+    def gradients(weight):
+        for w in watched:
+            w.grad = None
+        train.denoising_loss(components, batch, torch.Generator().manual_seed(0), 2.0, 5.0, 0.0, weight).backward()
+        return [w.grad.clone() for w in watched]
+
+    for alone, guided in zip(gradients(0.0), gradients(100.0)):
+        assert (guided - alone).norm() > alone.norm()
     parts = {}  # every caption dropped: no word is supervised
     loss = train.denoising_loss(components, batch, torch.Generator().manual_seed(0), 2.0, 5.0, 1.0, 0.5, parts)
     assert parts["attention"] == 0.0 and float(loss) == pytest.approx(parts["v"], rel=1e-6)

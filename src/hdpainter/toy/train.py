@@ -23,11 +23,12 @@ on inpainting examples of one of two kinds (`--data`):
   a named shape that cannot be seen is then not always under the mask, which is what teaches real inpainting
   models to continue the context instead of following the prompt.
 
-`--attention-loss W` (with `--data captions`) adds W times TokenCompose's token loss (Wang et al., CVPR 2024;
-`word_attention_loss`): on the H/16 and H/32 cross-attention layers, each word of a shape in view is taught to
-attend inside that shape's box. Large models learn where their words are from billions of captioned images; a toy
-trained for an hour learns it at H/16 at best, and not at H/32, the grid RASG reads (docs/benchmarks.md). Words
-of shapes beyond the picture are left free, so the caption still names what cannot be seen.
+`--attention-loss W` (with `--data captions`) adds W times TokenCompose's token loss (Wang et al., CVPR 2024),
+adapted to boxes and to every word of a shape's phrase (`word_attention_loss`): on the H/16 and H/32
+cross-attention layers, each word of a shape in view is taught to attend inside that shape's box. Large models
+learn where their words are from billions of captioned images; a toy trained for an hour learns it at H/16 at
+best, and not at H/32, the grid RASG reads (docs/benchmarks.md). Words of shapes beyond the picture are left free,
+so the caption still names what cannot be seen.
 
 `--levels 4` gives the UNet Stable Diffusion's layout (a plain H/64 level under H/32, holding the middle
 block) instead of the shipped model's 3 levels, where H/32 is the bottleneck; with `--resume` it deepens a
@@ -446,28 +447,31 @@ ATTENTION_DIVISORS = (2, 4)  # latent cells per attention cell on PAIntA's and R
 
 
 def word_attention_loss(probs: list, owner, regions, keep):
-    """The mean over cross-attention layers on the H/16 and H/32 grids and over the tokens of shapes in view of
-    (1 − the share of the token's attention, over the image, that falls in its shape's box)², TokenCompose's token
-    loss (Wang et al., CVPR 2024): it teaches each word to attend where its shape is, as large models learn to.
-    `owner` (B, T) and `regions` (B, S, h, w) as word_maps_of gives them; `keep` (B,) False where the caption was
-    dropped."""
+    """The mean over cross-attention layers on the H/16 and H/32 grids and over the tokens of shapes in view of (1 −
+    the share of the token's attention, over the image, that falls in its shape's box)², TokenCompose's token loss
+    (Wang et al., CVPR 2024) with boxes for its masks and every word of a phrase for its nouns: it teaches each
+    word to attend where its shape is, as large models learn to. `owner` (B, T) and `regions` (B, S, h, w) as
+    word_maps_of gives them; `keep` (B,) False where the caption was dropped."""
     import torch
     import torch.nn.functional as F
 
     latent_side = regions.shape[-1]
-    terms = []
+    terms, grids = [], 0
     for p in probs:
         side = math.isqrt(p.shape[1])
         divisor = latent_side // side
         if side * side != p.shape[1] or side * divisor != latent_side or divisor not in ATTENTION_DIVISORS:
             continue
+        grids += 1
         cells = F.avg_pool2d(regions, divisor).flatten(2)  # (B, S, n): the box's share of each cell
         target = torch.gather(cells, 1, owner.clamp(min=0)[..., None].expand(-1, -1, cells.shape[-1]))  # (B, T, n)
         attention = p.transpose(1, 2)  # (B, T, n)
         share = (attention * target).sum(-1) / attention.sum(-1).clamp_min(1e-12)
         valid = (owner >= 0) & (target.sum(-1) > 0) & keep[:, None]
         terms.append(((1 - share) ** 2)[valid])
-    terms = torch.cat(terms) if terms else torch.zeros(0)
+    if not grids:
+        raise ValueError(f"no cross-attention layer on the H/16 or H/32 grid of a {latent_side}-cell latent")
+    terms = torch.cat(terms)
     return terms.mean() if len(terms) else terms.sum()
 
 
@@ -648,6 +652,8 @@ def train_inpainting(
     import torch
     from diffusers.training_utils import EMAModel
 
+    if attention_weight and data != "captions":
+        raise ValueError("the attention loss needs --data captions: its words name the shapes in the picture")
     unet, text_encoder = components["unet"], components["text_encoder"]
     components["vae"].eval().requires_grad_(False)
     held_out = encode_examples(
@@ -993,6 +999,8 @@ def main(argv: list[str] | None = None) -> int:
         "ae_losses": [round(v, 5) for v in ae_losses],
         "losses": [round(v, 5) for v in losses],
         "attention_losses": [round(v, 5) for v in attention_losses],
+        # `losses` are the totals; with the attention loss, their v-loss term alone
+        "v_losses": [round(t - args.attention_loss * a, 5) for t, a in zip(losses, attention_losses)],
         "params": {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "unet", "text_encoder")},
     }
     (out / "training.json").write_text(json.dumps(record, indent=1))

@@ -45,39 +45,32 @@ from hdpainter.defaults import (  # noqa: E402
 EVAL_RASG_ETA = EVAL_OPTIONS["rasg_eta"]  # the paper's evaluation
 from hdpainter.eval.stats import rate_interval, sign_test  # noqa: E402
 from hdpainter.toy import world  # noqa: E402
+from hdpainter.toy.train import CrossAttentionRecorder, cross_attention_processor  # noqa: E402
 from hdpainter.toy.world import PLACEMENTS, NeglectCase, neglect_cases  # noqa: E402
 
 NOISE_T = 500
 
 
-class AttentionProbe:
+class AttentionProbe(CrossAttentionRecorder):
     """Cross-attention probabilities of the prompt's tokens, in-mask vs out-of-mask, per grid (a diffusers
     attention processor installed for one UNet call)."""
 
     def __init__(self, token_index: list[int], masks: dict[int, np.ndarray]):
+        super().__init__()
         self.token_index = token_index
         self.masks = masks  # tokens per side → (side*side,) bool
         self.ratios: dict[int, list[float]] = {}
         self.shares: dict[int, list[float]] = {}  # the prompt tokens' share of all cross-attention, per layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def record(self, probs) -> None:  # (B, n, T), the mean over heads
         import torch
 
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        q, k, v = (attn.head_to_batch_dim(x) for x in (q, k, v))
-        probs = attn.get_attention_scores(q, k, None)  # (B·heads, n, T)
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        side = int(round(hidden_states.shape[1] ** 0.5))
-        if encoder_hidden_states is not None and side in self.masks:
+        side = int(round(probs.shape[1] ** 0.5))
+        if side in self.masks:
             inside = torch.from_numpy(self.masks[side])
             p = probs[:, :, self.token_index].sum(-1).mean(0)  # (n,)
             self.ratios.setdefault(side, []).append(float(p[inside].mean() / p[~inside].mean().clamp_min(1e-12)))
             self.shares.setdefault(side, []).append(float(p.mean()))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
 
 
 def attention_ratio(
@@ -93,7 +86,6 @@ def attention_ratio(
     tokens' share of all cross-attention, and `layers` {16: [ratio, ...], 32: [...]}, each layer's ratio in the
     UNet's call order."""
     import torch
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
     from hdpainter.core.tokens import prompt_token_indices
 
@@ -120,14 +112,8 @@ def attention_ratio(
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         text = pipe.text_encoder(torch.tensor([ids]))[0]
-        processors = pipe.unet.attn_processors
-        pipe.unet.set_attn_processor(
-            {name: probe if name.endswith("attn2.processor") else AttnProcessor2_0() for name in processors}
-        )
-        try:
+        with cross_attention_processor(pipe.unet, probe):
             pipe.unet(torch.cat([noisy, small, masked_latents], 1), t, encoder_hidden_states=text)
-        finally:
-            pipe.unet.set_attn_processor(processors)
     if shares is not None:
         shares.update({size // side: float(np.mean(v)) for side, v in probe.shares.items()})
     if layers is not None:

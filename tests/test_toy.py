@@ -305,14 +305,8 @@ def test_cross_attention_recorder_keeps_each_layers_probabilities_and_changes_no
     x = torch.randn(1, 9, 32, 32, generator=torch.Generator().manual_seed(0))
     text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     seen, plain = attn2_inputs(unet, x, text)
-    recorder = train.CrossAttentionRecorder()
-    processors = unet.attn_processors
-    unet.set_attn_processor({n: recorder if n.endswith("attn2.processor") else p for n, p in processors.items()})
-    try:
-        with torch.no_grad():
-            recorded = unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
-    finally:
-        unet.set_attn_processor(processors)
+    with torch.no_grad(), train.cross_attention_processor(unet, train.CrossAttentionRecorder()) as recorder:
+        recorded = unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
     assert torch.allclose(plain, recorded, atol=1e-5)
     assert len(recorder.probs) == len(seen)
     for probs, (attn, hidden) in zip(recorder.probs, seen):
@@ -726,6 +720,8 @@ def explicit_attention(attn, hidden, text):
 
 
 def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
+    from hdpainter.toy.train import cross_attention_processor
+
     bench = load_benchmark()
     pipe = tiny.pipeline
     x = torch.randn(1, 9, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -733,12 +729,8 @@ def test_attention_probe_leaves_the_unet_output_unchanged(tiny):
     seen, plain = attn2_inputs(pipe.unet, x, text)  # a 256 px latent: H/16 is 16×16, H/32 is 8×8
     with torch.no_grad():
         probe = bench.AttentionProbe([1, 2, 3], {16: np.arange(256) < 128, 8: np.arange(64) < 32})
-        processors = pipe.unet.attn_processors
-        pipe.unet.set_attn_processor({n: probe if n.endswith("attn2.processor") else p for n, p in processors.items()})
-        try:
+        with cross_attention_processor(pipe.unet, probe):
             probed = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
-        finally:
-            pipe.unet.set_attn_processor(processors)
     assert torch.allclose(plain, probed, atol=1e-5)
     assert set(probe.ratios) == {16, 8} and all(r > 0 for v in probe.ratios.values() for r in v)
     # the shares and in/out ratios, recomputed: softmax over all 77 tokens per head, prompt tokens 1-3 summed, mean

@@ -60,6 +60,7 @@ autoencoder, and a quick faithfulness check on held-out cases.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -426,11 +427,14 @@ def word_maps_of(tokenizer, named: list[list], origins: list[tuple[int, int]], c
 
 class CrossAttentionRecorder:
     """A diffusers attention processor for cross-attention (attn2) that computes softmax(q kᵀ · scale)
-    explicitly and keeps each call's probabilities, averaged over heads, (B, n, T), with their autograd graph,
-    in `probs` (for the attention loss)."""
+    explicitly and hands each call's probabilities, averaged over heads, (B, n, T), with their autograd graph, to
+    `record`, which keeps them in `probs` (for the attention loss; the toy benchmark's probe reads them instead)."""
 
     def __init__(self):
         self.probs: list = []
+
+    def record(self, probs) -> None:
+        self.probs.append(probs)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         import torch
@@ -439,8 +443,20 @@ class CrossAttentionRecorder:
 
         q, k, v = _project(attn, hidden_states, encoder_hidden_states)
         weights = (torch.matmul(q, k.transpose(-1, -2)) * attn.scale).softmax(-1)  # (B, H, n, T)
-        self.probs.append(weights.mean(1))
+        self.record(weights.mean(1))
         return _output(attn, torch.matmul(weights, v), hidden_states)
+
+
+@contextlib.contextmanager
+def cross_attention_processor(unet, processor):
+    """`processor` on every cross-attention layer (attn2) of `unet` while the block runs; then the processors
+    that were there before."""
+    processors = unet.attn_processors
+    unet.set_attn_processor({k: processor if k.endswith("attn2.processor") else v for k, v in processors.items()})
+    try:
+        yield processor
+    finally:
+        unet.set_attn_processor(processors)
 
 
 ATTENTION_DIVISORS = (2, 4)  # latent cells per attention cell on PAIntA's and RASG's grids, H/16 and H/32
@@ -598,17 +614,10 @@ def denoising_loss(
     noisy = a.sqrt() * batch["latents"] + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * batch["latents"]  # v
     context = text_encoder(ids)[0]
-    recorder = None
-    if attention_weight and "owner" in batch:
-        recorder = CrossAttentionRecorder()
-        processors = unet.attn_processors
-        unet.set_attn_processor({k: recorder if k.endswith("attn2.processor") else v for k, v in processors.items()})
-    try:
-        inputs = torch.cat([noisy, batch["mask"], batch["masked"]], 1)
+    recorder = CrossAttentionRecorder() if attention_weight and "owner" in batch else None
+    inputs = torch.cat([noisy, batch["mask"], batch["masked"]], 1)
+    with cross_attention_processor(unet, recorder) if recorder is not None else contextlib.nullcontext():
         prediction = unet(inputs, t, encoder_hidden_states=context).sample
-    finally:
-        if recorder is not None:
-            unet.set_attn_processor(processors)
     weight = (1 + mask_weight * batch["mask"]) * snr_weights(scheduler.alphas_cumprod, t, snr_gamma).view(-1, 1, 1, 1)
     loss = (weight * (prediction - target) ** 2).mean()
     if parts is not None:
